@@ -1,0 +1,137 @@
+"""One `Settings` object for every rpmgw process, read from the environment and validated at start-up.
+
+Every variable starts with ``RPMGW_``; nested sections use ``__``, e.g. ``RPMGW_MQTT__HOST``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rpmgw.errors import SettingsError
+
+
+class MqttSettings(BaseModel):
+    """Connection to the MQTT broker the devices publish to."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    # Stable by default: the broker keeps the gateway's persistent session (and its queued readings)
+    # under this id across restarts.
+    client_id: str = Field(default="rpmgw-gateway", min_length=1, max_length=128)
+    keepalive: int = Field(default=30, ge=5, le=3600)
+    # How many unacknowledged readings the broker may send before waiting for our acks
+    # (MQTT v5 Receive Maximum). It bounds the gateway's in-memory queue.
+    receive_maximum: int = Field(default=10_000, ge=1, le=65_535)
+    # Topic filter; a `$share/<group>/...` filter lets several gateways split the load.
+    topic: str = "rpm/devices/+/readings"
+    reconnect_min_delay: float = Field(default=0.5, gt=0)
+    reconnect_max_delay: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _credentials_together(self) -> MqttSettings:
+        if self.password is not None and self.username is None:
+            raise ValueError("RPMGW_MQTT__PASSWORD is set but RPMGW_MQTT__USERNAME is not")
+        if self.reconnect_max_delay < self.reconnect_min_delay:
+            raise ValueError("RPMGW_MQTT__RECONNECT_MAX_DELAY must be >= RPMGW_MQTT__RECONNECT_MIN_DELAY")
+        return self
+
+
+class InfluxSettings(BaseModel):
+    """Where readings are stored: InfluxDB 1.x (v1 HTTP API) or 2.x (influxdb-client)."""
+
+    url: str = "http://127.0.0.1:8086"
+    # auto: ask the server (X-Influxdb-Version header of /ping).
+    version: Literal["auto", "1", "2"] = "auto"
+    database: str = Field(default="rpm", min_length=1)  # 1.x
+    retention_policy: str = "autogen"  # 1.x
+    username: str | None = None  # 1.x
+    password: str | None = None  # 1.x
+    bucket: str = Field(default="rpm", min_length=1)  # 2.x
+    org: str = "rpm"  # 2.x
+    token: str | None = None  # 2.x
+    timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"RPMGW_INFLUX__URL must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+
+class DatabaseSettings(BaseModel):
+    """The relational database (patients, devices, enrolments, quarantine, alerts...)."""
+
+    # SQLAlchemy URL; empty means a SQLite file under RPMGW_DATA_DIR.
+    url: str = ""
+
+
+class GatewaySettings(BaseModel):
+    """How the gateway batches and validates readings."""
+
+    batch_size: int = Field(default=5_000, ge=1, le=65_535)
+    batch_max_wait: float = Field(default=0.2, gt=0, le=60)
+    # Clock skew tolerated for readings "from the future" (heuristic, DOMAIN.md).
+    max_future_skew_seconds: int = Field(default=300, ge=0)
+    # Physiologically possible but suspicious pulse pressure (SBP - DBP), mmHg (heuristic).
+    pulse_pressure_min: int = Field(default=10, ge=0)
+    pulse_pressure_max: int = Field(default=150, ge=1)
+    registry_cache_size: int = Field(default=100_000, ge=0)
+    registry_cache_ttl: float = Field(default=30.0, ge=0)
+    storage_retry_max_delay: float = Field(default=30.0, gt=0)
+    health_port: int = Field(default=0, ge=0, le=65535)  # 0: no health endpoint
+
+
+class Settings(BaseSettings):
+    """All settings of all rpmgw processes."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RPMGW_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    data_dir: Path = Path("./data")
+    timezone: str = "Asia/Yekaterinburg"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    mqtt: MqttSettings = MqttSettings()
+    influx: InfluxSettings = InfluxSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    gateway: GatewaySettings = GatewaySettings()
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name like Asia/Yekaterinburg)") from exc
+        return value
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy URL, defaulting to a SQLite file under the data directory."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.data_dir / 'rpmgw.sqlite3').resolve()}"
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    return "RPMGW_" + "__".join(str(part).upper() for part in loc)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings; a bad value raises `SettingsError` naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = [f"{_env_name(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from exc
