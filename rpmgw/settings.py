@@ -89,6 +89,13 @@ class GatewaySettings(BaseModel):
     health_port: int = Field(default=0, ge=0, le=65535)  # 0: no health endpoint
 
 
+class WebSettings(BaseModel):
+    """The doctors' web application (served by waitress; put a TLS-terminating proxy in front)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+
+
 class Settings(BaseSettings):
     """All settings of all rpmgw processes."""
 
@@ -106,6 +113,7 @@ class Settings(BaseSettings):
     influx: InfluxSettings = InfluxSettings()
     database: DatabaseSettings = DatabaseSettings()
     gateway: GatewaySettings = GatewaySettings()
+    web: WebSettings = WebSettings()
 
     @field_validator("timezone")
     @classmethod
@@ -113,7 +121,9 @@ class Settings(BaseSettings):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name like Asia/Yekaterinburg)") from exc
+            raise ValueError(
+                f"unknown time zone {value!r} (use an IANA name like Asia/Yekaterinburg)"
+            ) from exc
         return value
 
     @property

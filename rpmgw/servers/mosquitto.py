@@ -38,7 +38,9 @@ def render_config(template: str, *, port: int, data_dir: Path, log_path: Path, e
 
 
 def _find_mosquitto() -> str:
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
     if found is None:
         raise ServerStartError("mosquitto is not installed (Debian/Ubuntu: apt-get install mosquitto)")
     return found
@@ -73,7 +75,9 @@ class MosquittoServer:
         conf_path = base_dir / "mosquitto.conf"
         log_path = base_dir / "mosquitto.log"
         conf_path.write_text(
-            render_config(template.read_text(), port=port, data_dir=data_dir, log_path=log_path, extra=extra_config)
+            render_config(
+                template.read_text(), port=port, data_dir=data_dir, log_path=log_path, extra=extra_config
+            )
         )
         stderr = (base_dir / "mosquitto.stderr").open("ab")
         process = subprocess.Popen(
@@ -101,7 +105,9 @@ class MosquittoServer:
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise ServerStartError(f"mosquitto did not listen on port {self.port} within {timeout} s: {self._log_tail()}")
+        raise ServerStartError(
+            f"mosquitto did not listen on port {self.port} within {timeout} s: {self._log_tail()}"
+        )
 
     def _log_tail(self) -> str:
         texts = []

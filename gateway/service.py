@@ -1,0 +1,221 @@
+"""The `rpmgw gateway` process: MQTT in, batches through the ingest pipeline, acks after storage.
+
+Threads: paho's network thread puts messages on a bounded queue (bounded in practice by the MQTT v5
+Receive Maximum we announce); the batch loop below takes them off, processes a batch, and acks it.
+If storage is down the loop retries the same batch with backoff and acknowledges nothing meanwhile,
+so the broker keeps the backlog and no reading is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from gateway.errors import StorageError, StorageUnavailable
+from gateway.ingest import IngestPipeline
+from gateway.mqtt import InboundMessage, MqttConsumer
+from gateway.quarantine import Quarantine, QuarantineUnavailable
+from gateway.registry import EnrolmentRegistry
+from gateway.timeseries import open_store
+from gateway.timeseries.base import ReadingStore
+from gateway.wire import WireLimits
+from rpmgw.db import check_current, make_engine, session_factory
+from rpmgw.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Errors after which the same batch is tried again later; anything else is a bug and stops the process.
+RETRYABLE = (StorageError, QuarantineUnavailable)
+
+
+@dataclass(slots=True)
+class GatewayStats:
+    """Running totals, for logs and (later) metrics."""
+
+    received: int = 0
+    stored: int = 0
+    quarantined: int = 0
+    batches: int = 0
+    failed_attempts: int = 0
+    degraded_reason: str | None = None
+
+
+def utc_now() -> datetime:
+    """The wall clock in UTC (the default clock of the pipeline)."""
+    return datetime.now(UTC)
+
+
+class Gateway:
+    """Owns the consumer, the queue and the batch loop; `run()` returns after `stop()` and a flush."""
+
+    def __init__(
+        self,
+        *,
+        consumer_factory: Callable[[Callable[[InboundMessage], None]], MqttConsumer],
+        pipeline: IngestPipeline,
+        batch_size: int,
+        batch_max_wait: float,
+        queue_size: int,
+        retry_max_delay: float = 30.0,
+    ) -> None:
+        self._queue: queue.Queue[InboundMessage] = queue.Queue(maxsize=queue_size)
+        self._consumer = consumer_factory(self._queue.put)
+        self._pipeline = pipeline
+        self._batch_size = batch_size
+        self._batch_max_wait = batch_max_wait
+        self._retry_max_delay = retry_max_delay
+        self._stopping = threading.Event()
+        self.stats = GatewayStats()
+
+    @property
+    def consumer(self) -> MqttConsumer:
+        """The MQTT side (connection state, reconnect count)."""
+        return self._consumer
+
+    def stop(self) -> None:
+        """Ask the loop to finish: the batch in hand is written and acknowledged, then `run` returns."""
+        self._stopping.set()
+
+    def run(self) -> None:
+        """Connect and process batches until `stop()`."""
+        self._consumer.start()
+        last_report = time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                batch = self._collect()
+                if batch:
+                    self._handle(batch)
+                if time.monotonic() - last_report >= 10:
+                    last_report = time.monotonic()
+                    self._report()
+            # Flush what has already arrived; messages still in flight are redelivered next start.
+            while batch := self._drain_nowait():
+                if not self._handle(batch):
+                    break
+        finally:
+            self._consumer.stop()
+            self._report()
+
+    def _collect(self) -> list[InboundMessage]:
+        """Wait briefly for a first message, then take more until the batch is full or old enough."""
+        try:
+            first = self._queue.get(timeout=0.25)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self._batch_max_wait
+        while len(batch) < self._batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(self._queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return batch
+
+    def _drain_nowait(self) -> list[InboundMessage]:
+        batch: list[InboundMessage] = []
+        while len(batch) < self._batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _handle(self, batch: list[InboundMessage]) -> bool:
+        """Process with retries, then ack; False when stopping before the batch could be written."""
+        delay = 0.5
+        while True:
+            try:
+                result = self._pipeline.process(batch)
+                break
+            except RETRYABLE as exc:
+                self.stats.failed_attempts += 1
+                self.stats.degraded_reason = str(exc)
+                log.warning(
+                    "batch of %d not stored (%s); retrying in %.1f s, nothing acknowledged",
+                    len(batch),
+                    exc,
+                    delay,
+                )
+                if self._stopping.wait(delay):
+                    log.warning(
+                        "stopping with %d readings unacknowledged: the broker will redeliver them", len(batch)
+                    )
+                    return False
+                delay = min(delay * 2, self._retry_max_delay)
+        if self.stats.degraded_reason is not None:
+            log.info(
+                "storage is back; batch of %d stored after %d failed attempts",
+                len(batch),
+                self.stats.failed_attempts,
+            )
+            self.stats.degraded_reason = None
+        self._consumer.ack(batch)
+        self.stats.received += len(batch)
+        self.stats.stored += len(result.stored)
+        self.stats.quarantined += len(result.quarantined)
+        self.stats.batches += 1
+        return True
+
+    def _report(self) -> None:
+        stats = self.stats
+        log.info(
+            "received %d, stored %d, quarantined %d in %d batches; queue %d",
+            stats.received,
+            stats.stored,
+            stats.quarantined,
+            stats.batches,
+            self._queue.qsize(),
+        )
+
+
+def build_gateway(settings: Settings, *, stop: threading.Event | None = None) -> Gateway:
+    """Wire the real clients from settings; waits for InfluxDB while `stop` is not set."""
+    store = open_store_when_ready(settings, stop or threading.Event())
+    engine = make_engine(settings.database_url)
+    check_current(engine)
+    sessions = session_factory(engine)
+    pipeline = IngestPipeline(
+        store=store,
+        registry=EnrolmentRegistry(
+            sessions, cache_size=settings.gateway.registry_cache_size, ttl=settings.gateway.registry_cache_ttl
+        ),
+        quarantine=Quarantine(sessions),
+        limits=WireLimits(
+            max_future_skew=timedelta(seconds=settings.gateway.max_future_skew_seconds),
+            pulse_pressure_min=settings.gateway.pulse_pressure_min,
+            pulse_pressure_max=settings.gateway.pulse_pressure_max,
+        ),
+        clock=utc_now,
+    )
+    return Gateway(
+        consumer_factory=lambda deliver: MqttConsumer(settings.mqtt, deliver),
+        pipeline=pipeline,
+        batch_size=settings.gateway.batch_size,
+        batch_max_wait=settings.gateway.batch_max_wait,
+        # Twice the Receive Maximum: after a reconnect the old connection's messages may still be queued.
+        queue_size=2 * settings.mqtt.receive_maximum,
+        retry_max_delay=settings.gateway.storage_retry_max_delay,
+    )
+
+
+def open_store_when_ready(settings: Settings, stop: threading.Event) -> ReadingStore:
+    """Open the time-series store, retrying with backoff while it is unreachable (start-up order)."""
+    delay = 0.5
+    while True:
+        try:
+            store = open_store(settings.influx)
+            store.ensure_ready()
+            return store
+        except StorageUnavailable as exc:
+            log.warning("time-series store not ready (%s); retrying in %.1f s", exc, delay)
+            if stop.wait(delay):
+                raise
+            delay = min(delay * 2, settings.gateway.storage_retry_max_delay)

@@ -1,0 +1,102 @@
+"""Long-running processes: `rpmgw gateway` and `rpmgw demo`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from rpmgw.cli import SettingsContext, pass_settings
+
+log = logging.getLogger(__name__)
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("%s received: finishing the current batch, then exiting", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+@click.command()
+@pass_settings
+def gateway(ctx: SettingsContext) -> None:
+    """Ingest readings: MQTT -> validate -> resolve patient -> InfluxDB, ack after storage."""
+    from gateway.errors import StorageUnavailable
+    from gateway.service import build_gateway
+
+    settings = ctx.settings
+    logging.getLogger().setLevel(settings.log_level)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    try:
+        service = build_gateway(settings, stop=stop)
+    except StorageUnavailable:
+        if stop.is_set():  # stopped while still waiting for InfluxDB
+            return
+        raise
+    threading.Thread(target=lambda: (stop.wait(), service.stop()), name="stop-watch", daemon=True).start()
+    log.info(
+        "gateway up: broker %s:%s topic %s, store %s",
+        settings.mqtt.host,
+        settings.mqtt.port,
+        settings.mqtt.topic,
+        settings.influx.url,
+    )
+    service.run()
+
+
+@click.command()
+@click.option("--mqtt-port", default=18830, show_default=True, help="Port of the demo's own Mosquitto.")
+@click.option("--influx-port", default=18086, show_default=True, help="HTTP port of the demo's own InfluxDB.")
+@click.option("--patients", default=20, show_default=True, help="Simulated patients.")
+@click.option(
+    "--dir",
+    "base_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("data/demo"),
+    show_default=True,
+    help="Where the demo keeps its servers' data and logs.",
+)
+@click.option(
+    "--duration", type=float, default=None, help="Stop after this many seconds (default: until Ctrl-C)."
+)
+def demo(mqtt_port: int, influx_port: int, patients: int, base_dir: Path, duration: float | None) -> None:
+    """Start everything: broker, InfluxDB, gateway and simulated patients; Ctrl-C stops it all."""
+    from rpmgw.demo import Demo, DemoOptions
+
+    Demo(
+        DemoOptions(
+            base_dir=base_dir.resolve(),
+            mqtt_port=mqtt_port,
+            influx_port=influx_port,
+            patients=patients,
+            duration=duration,
+        )
+    ).run()
+
+
+@click.command()
+@pass_settings
+def web(ctx: SettingsContext) -> None:
+    """Serve the web application with waitress on RPMGW_WEB__HOST:RPMGW_WEB__PORT."""
+    import waitress
+
+    from web import create_app
+
+    settings = ctx.settings
+    log.info("web on http://%s:%s/", settings.web.host, settings.web.port)
+    waitress.serve(create_app(settings), host=settings.web.host, port=settings.web.port, threads=8)
+
+
+def register(cli: click.Group) -> None:
+    """Add the long-running commands to the CLI."""
+    cli.add_command(gateway)
+    cli.add_command(web)
+    cli.add_command(demo)

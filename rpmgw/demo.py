@@ -1,0 +1,242 @@
+"""`rpmgw demo`: the whole product on one machine, with its own broker and InfluxDB.
+
+Everything lives under one directory (default ./data/demo): servers' data, logs and pid files. A
+second run first stops whatever a previous, killed run left behind there, so it is safe to run twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from gateway.errors import StorageError
+from gateway.quarantine import Quarantine
+from gateway.timeseries import open_store
+from gateway.timeseries.base import ReadingStore
+from rpmgw.db import make_engine, session_factory, upgrade
+from rpmgw.errors import ServerStartError
+from rpmgw.servers.influxdb import InfluxServer
+from rpmgw.servers.mosquitto import MosquittoServer
+from rpmgw.settings import Settings, load_settings
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    """What `rpmgw demo` was asked for."""
+
+    base_dir: Path
+    mqtt_port: int
+    influx_port: int
+    patients: int
+    duration: float | None = None
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class Demo:
+    """Starts the servers and processes in order and stops them in reverse order."""
+
+    def __init__(self, options: DemoOptions) -> None:
+        self.options = options
+        self.base = options.base_dir
+        self.pid_dir = self.base / "pids"
+        self.log_dir = self.base / "logs"
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        """Run until Ctrl-C / SIGTERM (or --duration), then stop everything."""
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.pid_dir.mkdir(exist_ok=True)
+        self.log_dir.mkdir(exist_ok=True)
+        self._stop_leftovers()
+        for name, port in (("MQTT", self.options.mqtt_port), ("InfluxDB", self.options.influx_port)):
+            if not _port_free(port):
+                raise ServerStartError(
+                    f"port {port} for the demo's {name} is taken by another program; "
+                    f"choose another with --{'mqtt' if name == 'MQTT' else 'influx'}-port"
+                )
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        mosquitto: MosquittoServer | None = None
+        influx: InfluxServer | None = None
+        try:
+            click.echo(f"starting Mosquitto on 127.0.0.1:{self.options.mqtt_port} ...")
+            mosquitto = MosquittoServer.start(self.base / "mosquitto", self.options.mqtt_port)
+            self._write_pid("mosquitto", mosquitto.process.pid)
+            click.echo(f"starting InfluxDB 1.x on 127.0.0.1:{self.options.influx_port} ...")
+            influx = InfluxServer.start(self.base / "influxdb", http_port=self.options.influx_port)
+            self._write_pid("influxd", influx.process.pid)
+            env = self._child_env(influx.url)
+            settings = load_settings(
+                data_dir=self.base,
+                mqtt={"port": self.options.mqtt_port},
+                influx={"url": influx.url, "version": "1"},
+            )
+            upgrade(settings.database_url)
+            self._spawn("gateway", ["gateway"], env)
+            self._spawn(
+                "sim",
+                [
+                    "sim",
+                    "--enrol",
+                    "--patients",
+                    str(self.options.patients),
+                    "--seed",
+                    "7",
+                    "--faults",
+                    "malformed=0.02,duplicate=0.02,censored=0.01",
+                ],
+                env,
+            )
+            self._banner(influx.url)
+            self._watch(settings)
+        finally:
+            self._stop_children()
+            if influx is not None:
+                influx.stop()
+            if mosquitto is not None:
+                mosquitto.stop()
+            for pid_file in self.pid_dir.glob("*.pid"):
+                pid_file.unlink(missing_ok=True)
+            click.echo("demo stopped: broker, InfluxDB, gateway and simulator are down.")
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stop.set()
+
+    def _child_env(self, influx_url: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "RPMGW_DATA_DIR": str(self.base),
+                "RPMGW_MQTT__HOST": "127.0.0.1",
+                "RPMGW_MQTT__PORT": str(self.options.mqtt_port),
+                "RPMGW_INFLUX__URL": influx_url,
+                "RPMGW_INFLUX__VERSION": "1",
+            }
+        )
+        env.pop("RPMGW_DATABASE__URL", None)
+        return env
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        log_file = (self.log_dir / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rpmgw", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log_file.close()
+        self._children[name] = process
+        self._write_pid(name, process.pid)
+
+    def _banner(self, influx_url: str) -> None:
+        click.echo(
+            "\n".join(
+                [
+                    "",
+                    "rpm-gateway demo is running:",
+                    f"  MQTT broker   127.0.0.1:{self.options.mqtt_port}  (topic rpm/devices/+/readings)",
+                    f"  InfluxDB      {influx_url}  (database rpm)",
+                    f"  logs          {self.log_dir}/gateway.log, {self.log_dir}/sim.log",
+                    f"  {self.options.patients} simulated patients publish blood pressure and glucose readings.",
+                    "  In another terminal (same directory):",
+                    f"    export RPMGW_DATA_DIR={self.base} RPMGW_MQTT__PORT={self.options.mqtt_port}"
+                    f" RPMGW_INFLUX__URL={influx_url}",
+                    "    .venv/bin/rpmgw status           # readings stored, quarantine",
+                    "    .venv/bin/rpmgw quarantine list  # rejected payloads with reasons",
+                    f"    curl -G {influx_url}/query --data-urlencode db=rpm "
+                    "--data-urlencode 'q=SELECT * FROM blood_pressure ORDER BY time DESC LIMIT 5'",
+                    "Ctrl-C stops everything.",
+                    "",
+                ]
+            )
+        )
+
+    def _watch(self, settings: Settings) -> None:
+        store = open_store(settings.influx)
+        quarantine = Quarantine(session_factory(make_engine(settings.database_url)))
+        started = time.monotonic()
+        try:
+            while not self._stop.wait(5.0):
+                for name, process in self._children.items():
+                    if process.poll() is not None and name == "gateway":
+                        click.echo(
+                            f"the gateway exited with code {process.returncode}; see {self.log_dir}/gateway.log"
+                        )
+                        return
+                self._print_status(store, quarantine)
+                if self.options.duration is not None and time.monotonic() - started >= self.options.duration:
+                    return
+        finally:
+            store.close()
+
+    def _print_status(self, store: ReadingStore, quarantine: Quarantine) -> None:
+        try:
+            summary = store.summary()
+        except StorageError as exc:
+            click.echo(f"InfluxDB not answering: {exc}")
+            return
+        counts = ", ".join(f"{kind} {count}" for kind, count in sorted(summary.counts.items())) or "none yet"
+        rejected = sum(quarantine.counts_by_reason().values())
+        last = summary.last_measured_at.isoformat(timespec="seconds") if summary.last_measured_at else "-"
+        click.echo(
+            f"[{time.strftime('%H:%M:%S')}] readings stored: {counts}; quarantined: {rejected}; newest: {last}"
+        )
+
+    def _stop_children(self) -> None:
+        for process in self._children.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for name, process in self._children.items():
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                click.echo(f"{name} did not stop within 20 s; killing it")
+                process.kill()
+                process.wait()
+
+    def _write_pid(self, name: str, pid: int) -> None:
+        (self.pid_dir / f"{name}.pid").write_text(str(pid))
+
+    def _stop_leftovers(self) -> None:
+        """Stop processes a previous run (killed without cleanup) left behind in this directory."""
+        for pid_file in self.pid_dir.glob("*.pid"):
+            with contextlib.suppress(ValueError, OSError):
+                pid = int(pid_file.read_text())
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                if "rpmgw" in cmdline or str(self.base) in cmdline:
+                    click.echo(f"stopping {pid_file.stem} (pid {pid}) left over from an earlier run")
+                    os.kill(pid, signal.SIGTERM)
+                    _wait_gone(pid, 15)
+            pid_file.unlink(missing_ok=True)
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists():
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
