@@ -1,0 +1,191 @@
+"""Engines, sessions and migrations of the relational database (SQLite by default, or PostgreSQL).
+
+    engine = make_engine(settings.database_url)
+    check_current(engine)                  # refuses to run on a schema older than the code
+    sessions = session_factory(engine)
+    with sessions.begin() as session: ...
+
+`upgrade(url)` runs the Alembic migrations shipped inside the package to head.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any, Final
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from rpmgw.errors import RpmgwError
+
+PACKAGE_DIR: Final = Path(__file__).resolve().parent
+ALEMBIC_INI: Final = PACKAGE_DIR / "alembic.ini"
+MIGRATIONS_DIR: Final = PACKAGE_DIR / "migrations"
+SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
+NOT_MIGRATED: Final = "database is not migrated: run `rpmgw db upgrade`"
+
+
+class DatabaseError(RpmgwError):
+    """Base of the relational database's errors."""
+
+
+class DatabaseConfigError(DatabaseError):
+    """The database URL is malformed or names an unsupported database."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database could not be reached or refused the connection: retry later."""
+
+
+class DatabaseNotMigrated(DatabaseError):
+    """The schema is older (or newer) than this version of rpmgw expects."""
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL as text with any password masked, for messages and logs."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError:
+        return "<malformed database URL>"
+    return parsed.render_as_string(hide_password=True)
+
+
+def normalize_url(url: str) -> URL:
+    """Parse a database URL; plain ``postgresql://`` (and ``postgres://``) use psycopg 3."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise DatabaseConfigError(f"invalid database URL {url!r}: {exc}") from exc
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise DatabaseConfigError(
+            f"unsupported database {safe_url(parsed)}: use sqlite:///PATH or postgresql://USER@HOST/DB"
+        )
+    return parsed
+
+
+def make_engine(url: str, *, sqlite_foreign_keys: bool = True) -> Engine:
+    """An engine for `url`; SQLite gets its directory created, WAL, foreign keys and a busy timeout.
+
+    `sqlite_foreign_keys=False` is for migrations only (SQLite rebuilds tables to alter them).
+    """
+    parsed = normalize_url(url)
+    options: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
+        # A long-running gateway must survive a PostgreSQL restart without a stale pooled connection.
+        options["pool_pre_ping"] = True
+        options["connect_args"] = {"connect_timeout": 10}
+    else:
+        _create_sqlite_dir(parsed)
+    try:
+        engine = create_engine(parsed, **options)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise DatabaseConfigError(f"cannot use database {safe_url(parsed)}: {exc}") from exc
+    if engine.dialect.name == "sqlite":
+        _configure_sqlite(engine, foreign_keys=sqlite_foreign_keys)
+    return engine
+
+
+def _create_sqlite_dir(url: URL) -> None:
+    database = url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _configure_sqlite(engine: Engine, *, foreign_keys: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
+        # pysqlite's own transaction handling starts transactions late; we emit BEGIN ourselves below.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions bound to `engine`; objects stay readable after commit (no expire on commit)."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """The Alembic configuration of the migrations shipped in the package (independent of the cwd)."""
+    config = Config(str(ALEMBIC_INI))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        # Passed as an attribute, not an ini option: a '%' in a password would break ini interpolation.
+        config.attributes["database_url"] = url
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration revision shipped with this version of rpmgw."""
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    if len(heads) != 1:
+        raise DatabaseError(f"the migrations have {len(heads)} heads ({', '.join(heads)}); expected one")
+    return heads[0]
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Run the migrations on the database at `url` up to `revision` (head by default)."""
+    engine = make_engine(url, sqlite_foreign_keys=False)
+    config = alembic_config(url)
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    except OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot migrate the database at {safe_url(url)}: {_reason(exc)}") from exc
+    finally:
+        engine.dispose()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None when it was never migrated."""
+    try:
+        with engine.connect() as connection:
+            heads = MigrationContext.configure(connection).get_current_heads()
+    except OperationalError as exc:
+        raise DatabaseUnavailable(
+            f"cannot reach the database at {safe_url(engine.url)}: {_reason(exc)}"
+        ) from exc
+    return heads[0] if heads else None
+
+
+def check_current(engine: Engine) -> None:
+    """Raise `DatabaseNotMigrated` unless the database is at the head revision of this rpmgw."""
+    current = current_revision(engine)
+    head = head_revision()
+    if current == head:
+        return
+    if current is None:
+        raise DatabaseNotMigrated(f"{NOT_MIGRATED} (database at {safe_url(engine.url)} has no schema)")
+    script = ScriptDirectory.from_config(alembic_config())
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current not in known:
+        raise DatabaseNotMigrated(
+            f"database at {safe_url(engine.url)} is at revision {current}, unknown to this rpmgw "
+            f"(newest known: {head}): upgrade rpmgw"
+        )
+    raise DatabaseNotMigrated(f"{NOT_MIGRATED} (database is at revision {current}, this rpmgw needs {head})")
+
+
+def _reason(exc: OperationalError) -> str:
+    return str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
