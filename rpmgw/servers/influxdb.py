@@ -33,6 +33,11 @@ def render_config(base_dir: Path, http_port: int, rpc_port: int) -> str:
 reporting-disabled = true
 bind-address = {_toml_string(f"127.0.0.1:{rpc_port}")}
 
+[logging]
+  format = "logfmt"
+  level = "info"
+  suppress-logo = true
+
 [meta]
   dir = {_toml_string(str(base_dir / "meta"))}
   logging-enabled = false
@@ -108,6 +113,7 @@ class InfluxServer:
         config_path = base_dir / "influxdb.conf"
         config_path.write_text(render_config(base_dir, http_port, rpc_port), encoding="utf-8")
         log_path = base_dir / "influxd.log"
+        log_start = log_path.stat().st_size if log_path.exists() else 0
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [influxd, "run", "-config", str(config_path)],
@@ -118,10 +124,20 @@ class InfluxServer:
                 env={},
             )
         server = cls(process, base_dir, http_port, rpc_port, log_path)
-        server._wait_ready(startup_timeout)
+        server._wait_ready(startup_timeout, log_start)
         return server
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _listening_logged(self, log_start: int) -> bool:
+        # Only this run's part of the log: a restart on the same directory appends to it.
+        with self.log_path.open("rb") as log:
+            log.seek(log_start)
+            text = log.read().decode("utf-8", errors="replace")
+        return any(
+            'msg="Listening on HTTP"' in line and f"addr=127.0.0.1:{self.http_port} " in line
+            for line in text.splitlines()
+        )
+
+    def _wait_ready(self, timeout: float, log_start: int) -> None:
         deadline = time.monotonic() + timeout
         last_error = "no answer yet"
         while time.monotonic() < deadline:
@@ -133,8 +149,10 @@ class InfluxServer:
             except requests.RequestException as exc:
                 last_error = str(exc)
             else:
-                # Another process might answer on this port: only ours being alive makes the answer ours.
-                if response.status_code == 204 and self.process.poll() is None:
+                # Another server may answer on this port while ours is still starting (and about to fail
+                # to bind): the answer is ours only once our own log says it listens there.
+                ours = self._listening_logged(log_start) and self.process.poll() is None
+                if response.status_code == 204 and ours:
                     return
                 last_error = f"/ping answered {response.status_code}"
             time.sleep(0.05)
