@@ -16,8 +16,7 @@ from datetime import datetime
 from typing import Final
 
 from sqlalchemy import func, insert, select
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
-from sqlalchemy.exc import InterfaceError as SAInterfaceError
+from sqlalchemy.exc import DataError, DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.errors import GatewayError
@@ -32,7 +31,7 @@ class QuarantineError(GatewayError):
 
 
 class QuarantineUnavailable(QuarantineError):
-    """The database could not be reached or was busy: retry later, acknowledge nothing meanwhile."""
+    """The database could not be reached, was busy or is not migrated: retry later, ack nothing meanwhile."""
 
 
 class QuarantineRejected(QuarantineError):
@@ -124,15 +123,14 @@ class Quarantine:
 
 @contextmanager
 def _translated_errors(action: str) -> Iterator[None]:
-    """Turn SQLAlchemy errors into the quarantine's own: retryable or not."""
+    """Turn SQLAlchemy errors into the quarantine's own: only bad rows are not worth retrying."""
     try:
         yield
-    except (OperationalError, SAInterfaceError, DisconnectionError) as exc:
-        raise QuarantineUnavailable(f"cannot {action} quarantined messages: {_text(exc)}") from exc
-    except DBAPIError as exc:
-        if exc.connection_invalidated:
-            raise QuarantineUnavailable(f"cannot {action} quarantined messages: {_text(exc)}") from exc
+    except (DataError, IntegrityError) as exc:
         raise QuarantineRejected(f"the database refused quarantined messages: {_text(exc)}") from exc
+    except (DBAPIError, DisconnectionError) as exc:
+        # Unreachable, busy, read-only or not migrated yet: all may heal, and nothing is acked meanwhile.
+        raise QuarantineUnavailable(f"cannot {action} quarantined messages: {_text(exc)}") from exc
 
 
 def _text(exc: BaseException) -> str:
