@@ -152,7 +152,7 @@ class RecordingSession(requests.Session):
         super().__init__()
         self.write_lines: list[int] = []
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         data = kwargs.get("data")
         if str(url).endswith("/write") and isinstance(data, bytes):
             self.write_lines.append(data.count(b"\n") + 1)

@@ -273,7 +273,7 @@ moments = st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 
 msg_ids = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=128)
 device_ids = st.from_regex(r"\A[A-Za-z0-9_-]{3,64}\Z")
 patient_ids = st.text(
-    st.characters(blacklist_characters="\\\n\r", blacklist_categories=("Cs",)), min_size=1, max_size=40
+    st.characters(exclude_characters="\\\n\r", exclude_categories=["Cs"]), min_size=1, max_size=40
 )
 device_flags = st.lists(
     st.sampled_from(
