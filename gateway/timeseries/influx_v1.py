@@ -126,7 +126,12 @@ class InfluxV1Store:
         for line in response.text.splitlines():
             if not line.strip():
                 continue
-            document = json.loads(line)
+            try:
+                document = json.loads(line)
+            except ValueError as exc:
+                raise StorageUnavailable(
+                    f"InfluxDB at {self._url} answered /query with something that is not JSON: {line[:200]!r}"
+                ) from exc
             if "error" in document:
                 self._raise_query_error(str(document["error"]), statement)
             for result in document.get("results", []):
