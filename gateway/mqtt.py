@@ -87,14 +87,13 @@ class MqttConsumer:
         properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
         # Bounds how many unacknowledged readings the broker sends us, and so our memory.
         properties.ReceiveMaximum = self._settings.receive_maximum
-        rc = self._client.connect_async(
+        self._client.connect_async(
             self._settings.host,
             self._settings.port,
             keepalive=self._settings.keepalive,
             clean_start=False,
             properties=properties,
         )
-        self._raise_for(rc, "connect")
         self._raise_for(self._client.loop_start(), "start the network loop")
 
     def wait_connected(self, timeout: float) -> bool:

@@ -20,7 +20,7 @@ from gateway.errors import StorageError, StorageUnavailable
 from gateway.ingest import IngestPipeline
 from gateway.mqtt import InboundMessage, MqttConsumer
 from gateway.quarantine import Quarantine, QuarantineUnavailable
-from gateway.registry import EnrolmentRegistry
+from gateway.registry import EnrolmentRegistry, RegistryUnavailable
 from gateway.timeseries import open_store
 from gateway.timeseries.base import ReadingStore
 from gateway.wire import WireLimits
@@ -30,7 +30,7 @@ from rpmgw.settings import Settings
 log = logging.getLogger(__name__)
 
 # Errors after which the same batch is tried again later; anything else is a bug and stops the process.
-RETRYABLE = (StorageError, QuarantineUnavailable)
+RETRYABLE = (StorageError, QuarantineUnavailable, RegistryUnavailable)
 
 
 @dataclass(slots=True)
