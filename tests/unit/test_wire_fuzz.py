@@ -312,8 +312,8 @@ def assert_reading_keeps_contract(
         else:
             assert type(value) in (int, float) and math.isfinite(value) and value > 0
             assert reading.value == value
-            factor = 18.016 if reading.unit == "mg/dL" else 1.0
-            assert reading.value_mmol == value / factor if factor != 1.0 else reading.value_mmol == value
+            # 1 mmol/L = 18.016 mg/dL, not rounded (DOMAIN.md).
+            assert reading.value_mmol == (value / 18.016 if reading.unit == "mg/dL" else value)
         meal = document.get("meal")
         assert meal is None or meal in MEALS
         assert reading.meal == meal
