@@ -10,14 +10,13 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
@@ -25,6 +24,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from rpmgw.errors import RpmgwError
+
+# Alembic announces its plugins at INFO when first imported: no news for an operator.
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from alembic.runtime.migration import MigrationContext  # noqa: E402
+from alembic.script import ScriptDirectory  # noqa: E402
 
 PACKAGE_DIR: Final = Path(__file__).resolve().parent
 ALEMBIC_INI: Final = PACKAGE_DIR / "alembic.ini"
@@ -135,9 +142,22 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    # Alembic logs at INFO on every look at the schema; only the migrations themselves are news.
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def head_revision() -> str:
     """The newest migration revision shipped with this version of rpmgw."""
-    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    with _quiet("alembic"):
+        heads = ScriptDirectory.from_config(alembic_config()).get_heads()
     if len(heads) != 1:
         raise DatabaseError(f"the migrations have {len(heads)} heads ({', '.join(heads)}); expected one")
     return heads[0]
@@ -160,7 +180,7 @@ def upgrade(url: str, revision: str = "head") -> None:
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at, or None when it was never migrated."""
     try:
-        with engine.connect() as connection:
+        with _quiet("alembic"), engine.connect() as connection:
             heads = MigrationContext.configure(connection).get_current_heads()
     except OperationalError as exc:
         raise DatabaseUnavailable(
@@ -177,8 +197,8 @@ def check_current(engine: Engine) -> None:
         return
     if current is None:
         raise DatabaseNotMigrated(f"{NOT_MIGRATED} (database at {safe_url(engine.url)} has no schema)")
-    script = ScriptDirectory.from_config(alembic_config())
-    known = {rev.revision for rev in script.walk_revisions()}
+    with _quiet("alembic"):
+        known = {rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
     if current not in known:
         raise DatabaseNotMigrated(
             f"database at {safe_url(engine.url)} is at revision {current}, unknown to this rpmgw "

@@ -375,8 +375,9 @@ def _readings_status(settings: Settings) -> _ReadingsStatus:
         finally:
             store.close()
     except StorageUnavailable as exc:
+        detail = str(exc).removeprefix(f"InfluxDB at {url} ")
         return _ReadingsStatus(
-            counts={}, last_measured_at=None, error=f"InfluxDB at {url} is unreachable: {exc}"
+            counts={}, last_measured_at=None, error=f"InfluxDB at {url} is unreachable: {detail}"
         )
     except StorageError as exc:
         return _ReadingsStatus(counts={}, last_measured_at=None, error=f"InfluxDB at {url}: {exc}")
