@@ -162,7 +162,7 @@ def sim(context: SettingsContext, /, **options: Any) -> None:
     Examples:
       rpmgw sim --enrol --patients 20                        # demo: a reading per device every 5 s
       rpmgw sim --patients 1000 --connections 50 --rate 2000 --duration 60
-      rpmgw sim --start -7d --speed 2016 --count 5000        # a week of history in about 5 minutes
+      rpmgw sim --start -7d --speed 2016 --duration 300     # a week of history in 5 minutes
       rpmgw sim --faults malformed=0.02,duplicate=0.01,skew=0.01 --manifest run.jsonl --count 500
     """
     settings = context.settings
