@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rpmgw.errors import SettingsError
@@ -76,6 +76,14 @@ class DatabaseSettings(BaseModel):
 class GatewaySettings(BaseModel):
     """How the gateway batches and validates readings."""
 
+    @model_validator(mode="after")
+    def _pulse_pressure_order(self) -> GatewaySettings:
+        if self.pulse_pressure_min > self.pulse_pressure_max:
+            raise ValueError(
+                "RPMGW_GATEWAY__PULSE_PRESSURE_MIN must not exceed RPMGW_GATEWAY__PULSE_PRESSURE_MAX"
+            )
+        return self
+
     batch_size: int = Field(default=5_000, ge=1, le=65_535)
     batch_max_wait: float = Field(default=0.2, gt=0, le=60)
     # Clock skew tolerated for readings "from the future" (heuristic, DOMAIN.md).
@@ -87,6 +95,59 @@ class GatewaySettings(BaseModel):
     registry_cache_ttl: float = Field(default=30.0, ge=0)
     storage_retry_max_delay: float = Field(default=30.0, gt=0)
     health_port: int = Field(default=0, ge=0, le=65535)  # 0: no health endpoint
+
+
+class AlertsSettings(BaseModel):
+    """Rule engine and alert lifecycle (clinical numbers live in alerts.thresholds.Thresholds)."""
+
+    # JSON file of clinic-wide threshold overrides (keys of alerts.thresholds.Thresholds).
+    thresholds_file: Path | None = None
+    # A reading evaluated this long after it was measured is "late": no act-now texts, no paging.
+    late_after_minutes: int = Field(default=60, ge=1)
+    # How far back the rules look (the 7-day mean needs 7 days).
+    history_days: int = Field(default=8, ge=1, le=90)
+    # Patients whose recent readings are kept in memory by the gateway (bounded LRU).
+    history_cache_patients: int = Field(default=20_000, ge=0)
+    # Escalation of unacknowledged critical alerts (heuristic, DOMAIN.md).
+    escalate_responsible_after_minutes: int = Field(default=15, ge=1)
+    escalate_oncall_after_minutes: int = Field(default=30, ge=1)
+    worker_interval_seconds: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _escalation_order(self) -> AlertsSettings:
+        if self.escalate_oncall_after_minutes <= self.escalate_responsible_after_minutes:
+            raise ValueError(
+                "RPMGW_ALERTS__ESCALATE_ONCALL_AFTER_MINUTES must be greater than "
+                "RPMGW_ALERTS__ESCALATE_RESPONSIBLE_AFTER_MINUTES"
+            )
+        return self
+
+
+class SmsSettings(BaseModel):
+    """Texts to patients and staff."""
+
+    backend: Literal["twilio", "outbox"] = "outbox"
+    quiet_hours_start: int = Field(default=22, ge=0, le=23)  # local hour, patient's time zone
+    quiet_hours_end: int = Field(default=8, ge=0, le=23)
+    max_per_hour: int = Field(default=3, ge=1)  # per patient (heuristic)
+    max_per_day: int = Field(default=10, ge=1)  # per patient; critical texts are exempt
+    max_attempts: int = Field(default=8, ge=1)
+    retry_base_seconds: float = Field(default=5.0, gt=0)
+    retry_max_seconds: float = Field(default=900.0, gt=0)
+
+
+class TwilioSettings(BaseModel):
+    """Twilio account (used when RPMGW_SMS__BACKEND=twilio)."""
+
+    account_sid: str | None = None
+    auth_token: str | None = None
+    from_: str | None = Field(default=None, alias="from")
+    messaging_service_sid: str | None = None
+    # Empty: Twilio's own API. Set for a regional edge or a local test server (client.api.base_url).
+    base_url: str = ""
+    timeout: float = Field(default=10.0, gt=0)
+
+    model_config = ConfigDict(populate_by_name=True)
 
 
 class WebSettings(BaseModel):
@@ -114,6 +175,28 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     gateway: GatewaySettings = GatewaySettings()
     web: WebSettings = WebSettings()
+    alerts: AlertsSettings = AlertsSettings()
+    sms: SmsSettings = SmsSettings()
+    twilio: TwilioSettings = TwilioSettings()
+    # Where Twilio reaches our webhooks (status callbacks, inbound replies), e.g. https://rpm.example.ru
+    public_url: str = ""
+
+    @model_validator(mode="after")
+    def _twilio_complete(self) -> Settings:
+        if self.sms.backend == "twilio":
+            missing = [
+                name
+                for name, value in (
+                    ("RPMGW_TWILIO__ACCOUNT_SID", self.twilio.account_sid),
+                    ("RPMGW_TWILIO__AUTH_TOKEN", self.twilio.auth_token),
+                )
+                if not value
+            ]
+            if not (self.twilio.from_ or self.twilio.messaging_service_sid):
+                missing.append("RPMGW_TWILIO__FROM or RPMGW_TWILIO__MESSAGING_SERVICE_SID")
+            if missing:
+                raise ValueError(f"RPMGW_SMS__BACKEND=twilio needs {', '.join(missing)}")
+        return self
 
     @field_validator("timezone")
     @classmethod
@@ -143,5 +226,8 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = [f"{_env_name(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        problems = []
+        for err in exc.errors():
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{_env_name(err['loc'])}: {message}" if err["loc"] else message)
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from exc
