@@ -6,6 +6,9 @@
     with sessions.begin() as session: ...
 
 `upgrade(url)` runs the Alembic migrations shipped inside the package to head.
+
+On SQLite every transaction takes the database's write lock when it begins (BEGIN IMMEDIATE), so that
+read-then-write operations of several processes serialise instead of failing: keep sessions short.
 """
 
 from __future__ import annotations
@@ -124,7 +127,9 @@ def _configure_sqlite(engine: Engine, *, foreign_keys: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN")
+        # IMMEDIATE takes the write lock up front (waiting up to busy_timeout): a deferred transaction
+        # that read first fails at once with "database is locked" when another process wrote meanwhile.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

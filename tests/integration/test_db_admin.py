@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import re
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -311,3 +313,35 @@ def test_list_devices_shows_each_device_with_its_history(migrated_db: MigratedDb
     assert counts == admin.DatabaseCounts(patients=2, devices=2, open_enrolments=2)
     with migrated_db.sessions() as session:
         assert [e.device_id for e in admin.list_enrolments(session)] == ["bp-1", "bp-1", "gl-1"]
+
+
+def test_concurrent_enrolments_of_one_device_serialise(migrated_db: MigratedDb) -> None:
+    patients = [f"P-{i}" for i in range(8)]
+    for patient_id in patients:
+        _add(migrated_db, patient_id)
+    barrier = threading.Barrier(len(patients))
+    outcomes: list[str] = []
+
+    def enrol(index: int) -> None:
+        barrier.wait()
+        try:
+            _enrol(migrated_db, "bp-1", patients[index], T0 + index * DAY)
+        except admin.EnrolmentConflict:
+            outcomes.append("conflict")
+        else:
+            outcomes.append("enrolled")
+
+    threads = [threading.Thread(target=enrol, args=(i,)) for i in range(len(patients))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(set(outcomes)) <= ["conflict", "enrolled"]
+    assert len(outcomes) == len(patients)
+
+    history = _history(migrated_db, "bp-1")
+    assert outcomes.count("enrolled") == len(history) >= 1
+    assert [valid_to for _, _, valid_to in history].count(None) == 1
+    assert history[-1][2] is None
+    for (_, _, end), (_, start, _) in itertools.pairwise(history):
+        assert end == start  # contiguous, never overlapping
