@@ -3,8 +3,9 @@
 The gateway resolves a whole batch with `patients_for`: one query for every device of the batch that
 is not cached, never one per reading. The cache maps a device to its enrolment intervals (all of its
 history, so an old buffered reading resolves correctly too) and forgets entries after `ttl` seconds,
-so an enrolment changed by another process is seen within `ttl`; a device with no enrolment at all
-is remembered only briefly, so that a device enrolled a moment ago is picked up quickly.
+so an enrolment changed by another process is seen within `ttl`; a device with no open enrolment
+(never enrolled, or returned) is remembered only briefly, so that a device enrolled a moment ago is
+picked up quickly.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session
 from gateway.errors import GatewayError
 from rpmgw.models import Enrolment
 
-# Seconds a device without any enrolment stays cached (at most the TTL).
+# Seconds a device without an open enrolment stays cached (at most the TTL).
 UNENROLLED_TTL: Final = 2.0
 # Devices per query; batches are at most 5,000 readings, so a batch is one query.
 QUERY_CHUNK: Final = 10_000
@@ -120,7 +121,8 @@ class EnrolmentRegistry:
         with self._lock:
             now = self._clock()
             for device_id, intervals in loaded.items():
-                ttl = self._ttl if intervals else self._unenrolled_ttl
+                enrolled_now = any(valid_to == _OPEN_END for _, valid_to, _ in intervals)
+                ttl = self._ttl if enrolled_now else self._unenrolled_ttl
                 self._cache[device_id] = (now + ttl, intervals)
                 self._cache.move_to_end(device_id)
                 if len(self._cache) > self._cache_size:

@@ -210,6 +210,20 @@ def test_a_device_without_enrolment_is_cached_only_briefly(
     assert registry.patient_for("bp-new", T0 + HOUR) == "P-1"
 
 
+def test_a_returned_device_is_cached_only_briefly(history: MigratedDb) -> None:
+    clock = FakeClock()
+    registry = _registry(history, ttl=30.0, clock=clock)
+    with history.sessions.begin() as session:
+        admin.end_enrolment(session, device_id="bp-1", valid_to=T0 + 6 * DAY)
+    later = T0 + 7 * DAY
+    assert registry.patient_for("bp-1", later) is None
+    assert registry.patient_for("bp-1", T0 + HOUR) == "P-1"  # its history is still cached
+    _enrol(history, "bp-1", "P-1", T0 + 6 * DAY + HOUR)
+
+    clock.advance(2.1)
+    assert registry.patient_for("bp-1", later) == "P-1"
+
+
 def test_invalidate_forgets_one_device_or_all(history: MigratedDb, selects: SelectCounter) -> None:
     registry = _registry(history)
     registry.patients_for([("bp-1", T0), ("other", T0)])
