@@ -47,6 +47,10 @@ class ReadingStore(Protocol):
     ) -> list[StoredReading]:
         """A patient's readings with start <= measured_at < end, oldest first."""
 
+    def recent(self, patient_ids: Sequence[str], since: datetime) -> dict[str, list[StoredReading]]:
+        """Readings of many patients measured at or after `since`, oldest first per patient (one round trip
+        per chunk of patients; the rule engine's history)."""
+
     def summary(self) -> StoreSummary:
         """Counts by reading type and the newest measured_at."""
 

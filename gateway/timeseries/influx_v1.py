@@ -34,6 +34,8 @@ from rpmgw.settings import InfluxSettings
 
 MAX_LINES_PER_WRITE: Final = 5_000
 QUERY_CHUNK_SIZE: Final = 10_000
+# Patients per history query: long OR lists get slow in InfluxQL.
+RECENT_PATIENTS_PER_QUERY: Final = 200
 # Not retryable by sending the same data again, but not the data's fault either.
 _SETUP_STATUSES: Final = frozenset({401, 403, 404})
 
@@ -208,6 +210,29 @@ class InfluxV1Store:
                 found.append((row["time"], decode(serie["name"], row["time"], row)))
         found.sort(key=lambda pair: pair[0])
         return [reading for _, reading in found]
+
+    def recent(self, patient_ids: Sequence[str], since: datetime) -> dict[str, list[StoredReading]]:
+        """Readings of many patients measured at or after `since`, oldest first per patient."""
+        found: dict[str, list[tuple[int, StoredReading]]] = {}
+        sources = ", ".join(self._source(m) for m in MEASUREMENTS)
+        unique = list(dict.fromkeys(patient_ids))
+        for start in range(0, len(unique), RECENT_PATIENTS_PER_QUERY):
+            chunk = unique[start : start + RECENT_PATIENTS_PER_QUERY]
+            bind: dict[str, object] = {f"p{i}": patient for i, patient in enumerate(chunk)}
+            bind["since"] = query_bound_ns(since)
+            wanted = " OR ".join(f"patient_id = $p{i}" for i in range(len(chunk)))
+            statement = f"SELECT * FROM {sources} WHERE ({wanted}) AND time >= $since"
+            for serie in self._single(self._query(statement, bind)):
+                columns = serie["columns"]
+                for values in serie.get("values", []):
+                    row = dict(zip(columns, values, strict=True))
+                    reading = decode(serie["name"], row["time"], row)
+                    found.setdefault(reading.patient_id, []).append((row["time"], reading))
+        result: dict[str, list[StoredReading]] = {patient: [] for patient in unique}
+        for patient, pairs in found.items():
+            pairs.sort(key=lambda pair: pair[0])
+            result[patient] = [reading for _, reading in pairs]
+        return result
 
     def summary(self) -> StoreSummary:
         """Points per measurement (count of msg_id) and the newest measured_at of any reading."""

@@ -54,6 +54,14 @@ from(bucket: p_bucket)
   |> group()
   |> sort(columns: ["_time"])
 """
+_RECENT_FLUX: Final = """\
+from(bucket: p_bucket)
+  |> range(start: p_start, stop: p_stop)
+  |> filter(fn: (r) => contains(value: r.patient_id, set: p_patients))
+  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")
+  |> group()
+  |> sort(columns: ["_time"])
+"""
 _COUNT_FLUX: Final = """\
 from(bucket: p_bucket)
   |> range(start: p_start, stop: p_stop)
@@ -172,6 +180,26 @@ class InfluxV2Store:
         found = [(epoch_ns(row["_time"]), row) for row in rows]
         found.sort(key=lambda pair: pair[0])
         return [decode(row["_measurement"], time_ns, row) for time_ns, row in found]
+
+    def recent(self, patient_ids: Sequence[str], since: datetime) -> dict[str, list[StoredReading]]:
+        """Readings of many patients measured at or after `since`, oldest first per patient."""
+        unique = list(dict.fromkeys(patient_ids))
+        result: dict[str, list[StoredReading]] = {patient: [] for patient in unique}
+        if not unique:
+            return result
+        rows = self._query(
+            _RECENT_FLUX,
+            {
+                "p_start": measured_at_from_ns(query_bound_ns(since)),
+                "p_stop": _ALL_TIME_STOP,
+                "p_patients": unique,
+            },
+        )
+        found = sorted(((epoch_ns(row["_time"]), row) for row in rows), key=lambda pair: pair[0])
+        for time_ns, row in found:
+            reading = decode(row["_measurement"], time_ns, row)
+            result.setdefault(reading.patient_id, []).append(reading)
+        return result
 
     def summary(self) -> StoreSummary:
         """Points per measurement (count of msg_id) and the newest measured_at of any reading."""
