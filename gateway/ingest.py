@@ -1,6 +1,6 @@
 """One batch's way through the gateway, top to bottom.
 
-decode -> validate -> resolve patient -> store readings -> quarantine the rest. The caller acknowledges
+decode -> validate -> resolve patient -> store readings -> evaluate rules -> quarantine the rest. The caller acknowledges
 the batch's MQTT messages only after `IngestPipeline.process` returns; if it raises, nothing is
 acknowledged and the broker redelivers, which the store absorbs (see timeseries.lineprotocol).
 """
@@ -47,7 +47,9 @@ class IngestPipeline:
         quarantine: Quarantine,
         limits: WireLimits,
         clock: Callable[[], datetime],
+        after_store: Callable[[Sequence[StoredReading]], object] | None = None,
     ) -> None:
+        self._after_store = after_store
         self._store = store
         self._registry = registry
         self._quarantine = quarantine
@@ -60,6 +62,9 @@ class IngestPipeline:
         decoded = self._decode(batch, result)
         resolved = self._resolve(decoded, result)
         self._write(resolved, result)
+        if self._after_store is not None and result.stored:
+            # Rule evaluation: before the ack, so a crash re-evaluates rather than forgets.
+            self._after_store(result.stored)
         if result.quarantined:
             self._quarantine.add_many(result.quarantined)
         return result

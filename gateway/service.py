@@ -16,6 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from alerts.engine import AlertEngine, AlertStoreUnavailable
+from alerts.history import RecentReadings
+from alerts.thresholds import load_clinic_thresholds
 from gateway.errors import StorageError, StorageUnavailable
 from gateway.ingest import IngestPipeline
 from gateway.mqtt import InboundMessage, MqttConsumer
@@ -30,7 +33,7 @@ from rpmgw.settings import Settings
 log = logging.getLogger(__name__)
 
 # Errors after which the same batch is tried again later; anything else is a bug and stops the process.
-RETRYABLE = (StorageError, QuarantineUnavailable, RegistryUnavailable)
+RETRYABLE = (StorageError, QuarantineUnavailable, RegistryUnavailable, AlertStoreUnavailable)
 
 
 @dataclass(slots=True)
@@ -182,6 +185,15 @@ def build_gateway(settings: Settings, *, stop: threading.Event | None = None) ->
     engine = make_engine(settings.database_url)
     check_current(engine)
     sessions = session_factory(engine)
+    alert_engine = AlertEngine(
+        sessions=sessions,
+        history=RecentReadings(
+            store, days=settings.alerts.history_days, max_patients=settings.alerts.history_cache_patients
+        ),
+        clinic=load_clinic_thresholds(settings.alerts.thresholds_file),
+        settings=settings.alerts,
+        clock=utc_now,
+    )
     pipeline = IngestPipeline(
         store=store,
         registry=EnrolmentRegistry(
@@ -194,6 +206,7 @@ def build_gateway(settings: Settings, *, stop: threading.Event | None = None) ->
             pulse_pressure_max=settings.gateway.pulse_pressure_max,
         ),
         clock=utc_now,
+        after_store=alert_engine.evaluate,
     )
     return Gateway(
         consumer_factory=lambda deliver: MqttConsumer(settings.mqtt, deliver),

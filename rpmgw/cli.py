@@ -53,7 +53,7 @@ def main() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     _register()
     try:
-        cli(standalone_mode=False)
+        result = cli(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -63,3 +63,5 @@ def main() -> None:
     except RpmgwError as exc:
         click.echo(f"rpmgw: {exc}", err=True)
         sys.exit(2)
+    # A command that calls ctx.exit(code) returns that code here.
+    sys.exit(result if isinstance(result, int) else 0)

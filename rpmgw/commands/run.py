@@ -84,6 +84,36 @@ def demo(mqtt_port: int, influx_port: int, patients: int, base_dir: Path, durati
 
 @click.command()
 @pass_settings
+def worker(ctx: SettingsContext) -> None:
+    """Time-driven rules (no data, confirmation windows, escalation) and SMS delivery with retries."""
+    from alerts.notify.delivery import Delivery
+    from alerts.notify.notifier import build_notifier
+    from alerts.thresholds import load_clinic_thresholds
+    from alerts.worker import Worker
+    from gateway.service import utc_now
+    from rpmgw.db import check_current, make_engine, session_factory
+
+    settings = ctx.settings
+    logging.getLogger().setLevel(settings.log_level)
+    engine = make_engine(settings.database_url)
+    check_current(engine)
+    sessions = session_factory(engine)
+    service = Worker(
+        sessions=sessions,
+        delivery=Delivery(sessions, build_notifier(settings), settings.sms, clock=utc_now),
+        clinic=load_clinic_thresholds(settings.alerts.thresholds_file),
+        settings=settings.alerts,
+        clock=utc_now,
+    )
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    threading.Thread(target=lambda: (stop.wait(), service.stop()), name="stop-watch", daemon=True).start()
+    log.info("worker up: every %.0f s, SMS back end %s", settings.alerts.worker_interval_seconds, settings.sms.backend)
+    service.run()
+
+
+@click.command()
+@pass_settings
 def web(ctx: SettingsContext) -> None:
     """Serve the web application with waitress on RPMGW_WEB__HOST:RPMGW_WEB__PORT."""
     import waitress
@@ -98,5 +128,6 @@ def web(ctx: SettingsContext) -> None:
 def register(cli: click.Group) -> None:
     """Add the long-running commands to the CLI."""
     cli.add_command(gateway)
+    cli.add_command(worker)
     cli.add_command(web)
     cli.add_command(demo)

@@ -1,0 +1,88 @@
+"""The `rpmgw worker` process: time-driven rules and SMS delivery, on a fixed tick.
+
+All state is in the database, so any number of workers may run and any may be killed: time rules are
+idempotent, and outbox rows are claimed before they are sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from alerts.notify.delivery import Delivery
+from alerts.threshold_store import thresholds_for
+from alerts.thresholds import Thresholds
+from alerts.timerules import run_time_rules
+from rpmgw.settings import AlertsSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Running totals, for logs and (later) metrics."""
+
+    ticks: int = 0
+    failed_ticks: int = 0
+    sent: int = 0
+
+
+class Worker:
+    """Runs `tick()` every `interval` seconds until stopped."""
+
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        delivery: Delivery,
+        clinic: Thresholds,
+        settings: AlertsSettings,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._sessions = sessions
+        self._delivery = delivery
+        self._clinic = clinic
+        self._settings = settings
+        self._clock = clock
+        self._stop = threading.Event()
+        self.stats = WorkerStats()
+
+    def stop(self) -> None:
+        """Finish the current tick, then return from `run`."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Tick until stopped; a failing tick (database down) is logged and tried again next time."""
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except DBAPIError as exc:
+                self.stats.failed_ticks += 1
+                log.warning("worker tick failed (%s); trying again in %.0f s", exc.orig, self._settings.worker_interval_seconds)
+            self._stop.wait(self._settings.worker_interval_seconds)
+
+    def tick(self) -> None:
+        """Time rules (confirmation windows, no data, device silent, escalation), then due texts."""
+        now = self._clock()
+        with self._sessions.begin() as session:
+            report = run_time_rules(
+                session,
+                now=now,
+                clinic=self._clinic,
+                settings=self._settings,
+                thresholds_for=lambda patient_id: thresholds_for(session, [patient_id], self._clinic)[patient_id],
+            )
+        if any(vars(report).values()) if hasattr(report, "__dict__") else False:
+            log.info("time rules: %s", report)
+        while True:
+            delivered = self._delivery.run_once()
+            self.stats.sent += delivered.sent
+            if delivered.total == 0 or self._stop.is_set():
+                break
+        self.stats.ticks += 1
