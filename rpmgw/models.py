@@ -109,6 +109,8 @@ class Patient(Base):
     language: Mapped[str] = mapped_column(String(2), default="ru")
     timezone: Mapped[str] = mapped_column(String(64), default=DEFAULT_TIMEZONE)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    # The care team (alerts.tables.CareTeam) whose responsible doctor is paged for this patient.
+    care_team_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("care_teams.id"), index=True)
 
     enrolments: Mapped[list[Enrolment]] = relationship(
         back_populates="patient", order_by="Enrolment.valid_from"
@@ -127,6 +129,8 @@ class Device(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), default="unknown")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    # When a reading (or status) from the device last arrived: for the device-silent rule.
+    last_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     enrolments: Mapped[list[Enrolment]] = relationship(
         back_populates="device", order_by="Enrolment.valid_from"
@@ -201,3 +205,8 @@ class QuarantinedMessage(Base):
 
     def __repr__(self) -> str:
         return f"QuarantinedMessage(id={self.id!r}, reason={self.reason!r}, device_id={self.device_id!r})"
+
+
+# patients.care_team_id refers to care_teams, defined with the other alert tables: the mapper needs that
+# table known before the first flush, whichever module a process imports first.
+import alerts.tables  # noqa: E402, F401

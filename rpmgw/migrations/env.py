@@ -9,6 +9,7 @@ from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import Connection
 
+import alerts.tables  # noqa: F401  (registers the alert tables on the metadata)
 from rpmgw import models
 from rpmgw.db import make_engine
 
