@@ -1,0 +1,400 @@
+"""The clinical rules (DOMAIN.md, "Clinical defaults"): pure functions, no I/O, the clock a parameter.
+
+`evaluate` turns one reading and the patient's recent readings of the same type into decisions, at
+most one per family (the most severe breaching rule of the family wins):
+
+- BREACH: a non-suspect reading breaches the rule.
+- REMEASURE: a quality-flagged ("suspect") reading would breach it (evaluated as if it counted); it
+  never opens an alert and never counts in another reading's window.
+- CLEAR: a non-suspect reading is normal for the family (rule = the family's least severe reading
+  rule). A reading between normal and breaching (e.g. one high reading that is not yet 2 of 3) gives
+  no decision for the family. No CLEAR is given while a newer non-suspect reading exists: the newer
+  one, not a late buffered one, tells the family's present state.
+
+Choices the guideline leaves open, fixed here:
+- Windows are inclusive: a reading exactly 24 h (7 days) before the current one is within 24 h (7 days).
+- high_bp needs the current reading itself to be high (a severe value counts as high); a normal one
+  after two high ones clears.
+- uncontrolled_bp breaches when the mean systolic >= 135 *or* the mean diastolic >= 85 (ESH: home
+  hypertension is 135 and/or 85); it gives no decision with too few readings, and none for a suspect
+  reading (a weekly mean is not something to re-measure). Every non-suspect reading while the mean is
+  high is a breach: it moves the mean.
+- repeated_hypo breaches only on a hypo reading; it clears when fewer than `repeated_hypo_count`
+  hypo readings lie in the window.
+- Confirm-by-repeat: a severe reading is CONFIRMED when an earlier severe reading lies
+  `confirm_window_min..max` minutes before it, else PENDING. A non-severe reading is NOT_CONFIRMED
+  when the latest severe reading within `confirm_window_max` before it was PENDING and lies
+  `min..max` minutes before it (an earlier one is no repeat yet; after a CONFIRMED one there is
+  nothing left to refute).
+- worst_key (bigger is worse, comparable within a family): BP rules the larger of SBP and DBP as a
+  percentage of the severe thresholds; uncontrolled_bp the same for the means against its thresholds;
+  low_bp minus the smaller percentage of the low thresholds; pulse the distance outside the routine
+  range as a percentage of the nearer limit; hypo minus mmol/L (LO = 0, above any value); hyper mmol/L
+  (HI = 1000); repeated_hypo the number of hypo readings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from alerts.model import Confirmation, Decision, DecisionKind, ReadingView, RuleId
+from alerts.thresholds import Thresholds
+from gateway.timeseries.base import ReadingType
+
+NoDataDue = Literal["none", "reminder", "alert"]
+
+_LO_KEY = 0.0  # minus mmol/L of a value at zero: worse than any reading a meter can show
+_HI_KEY = 1000.0  # beyond any glucometer's numeric range
+
+
+@dataclass(frozen=True, slots=True)
+class _Finding:
+    """A family's verdict on the current reading, before the reading's quality is taken into account."""
+
+    kind: Literal["breach", "clear"]
+    rule: RuleId
+    value_text: str
+    worst_key: float
+    confirmation: Confirmation | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """The readings a rule may look at, around the current one."""
+
+    reading: ReadingView
+    # Non-suspect readings of the same type measured at or before the current one, without it, oldest first.
+    prior: tuple[ReadingView, ...]
+    newer_exists: bool  # a non-suspect reading measured after the current one is known
+
+    def within(self, span: timedelta) -> list[ReadingView]:
+        """Prior readings at most `span` before the current one."""
+        start = self.reading.measured_at - span
+        return [r for r in self.prior if r.measured_at >= start]
+
+
+def evaluate(
+    thresholds: Thresholds,
+    patient_id: str,
+    history: Sequence[ReadingView],
+    reading: ReadingView,
+    now: datetime,
+    *,
+    late_after: timedelta,
+) -> list[Decision]:
+    """The decisions for `reading`, at most one per family, in a fixed family order.
+
+    `history`: the patient's recent readings (any order, may hold `reading`, duplicates of one msg_id,
+    other types and readings measured after `reading`; only same-type ones at or before it are used).
+    """
+    window = _window(history, reading)
+    if reading.type == "blood_pressure":
+        findings = [
+            _bp_high(thresholds, window),
+            _uncontrolled_bp(thresholds, window),
+            _low_bp(thresholds, reading),
+            _pulse(thresholds, reading),
+        ]
+    else:
+        findings = [
+            _hypo(thresholds, reading),
+            _hyper(thresholds, reading),
+            _repeated_hypo(thresholds, window),
+        ]
+    late = now - reading.measured_at > late_after
+    decisions = []
+    for finding in findings:
+        decision = _decision(finding, patient_id, window, late)
+        if decision is not None:
+            decisions.append(decision)
+    return decisions
+
+
+def confirmation_expired(opened_at: datetime, now: datetime, thresholds: Thresholds) -> bool:
+    """Whether a PENDING severe-BP confirmation has run out of time (the worker then sets NO_REPEAT).
+
+    `opened_at` should be the measured_at of the severe reading awaiting its repeat: a repeat measured
+    exactly `confirm_window_max_minutes` later still confirms.
+    """
+    return now - opened_at > timedelta(minutes=thresholds.confirm_window_max_minutes)
+
+
+def no_data_due(
+    thresholds: Thresholds,
+    type: ReadingType,
+    last_measured_at: datetime | None,
+    enrolled_since: datetime,
+    now: datetime,
+) -> NoDataDue:
+    """Which no-data step is due: "reminder" after N days without a reading of `type`, "alert" after 2N.
+
+    Counted from the last reading, or from `enrolled_since` when there is none since enrolment.
+    """
+    days = thresholds.no_data_days_bp if type == "blood_pressure" else thresholds.no_data_days_glucose
+    silent = now - _since(last_measured_at, enrolled_since)
+    if silent >= timedelta(days=2 * days):
+        return "alert"
+    if silent >= timedelta(days=days):
+        return "reminder"
+    return "none"
+
+
+def device_silent(
+    thresholds: Thresholds, last_seen: datetime | None, enrolled_since: datetime, now: datetime
+) -> bool:
+    """Whether an enrolled device has sent nothing (reading or status) for `device_silent_days`."""
+    return now - _since(last_seen, enrolled_since) >= timedelta(days=thresholds.device_silent_days)
+
+
+def _since(last: datetime | None, enrolled_since: datetime) -> datetime:
+    # Activity before the enrolment (another patient's, or a previous episode) does not count.
+    return enrolled_since if last is None else max(last, enrolled_since)
+
+
+def _window(history: Iterable[ReadingView], reading: ReadingView) -> _Window:
+    unique = {r.msg_id: r for r in history if r.type == reading.type and not r.suspect}
+    unique.pop(reading.msg_id, None)  # the current reading is judged as given, not as stored
+    prior = sorted(
+        (r for r in unique.values() if r.measured_at <= reading.measured_at),
+        key=lambda r: (r.measured_at, r.msg_id),
+    )
+    newer = any(r.measured_at > reading.measured_at for r in unique.values())
+    return _Window(reading, tuple(prior), newer)
+
+
+def _decision(finding: _Finding | None, patient_id: str, window: _Window, late: bool) -> Decision | None:
+    reading = window.reading
+    if finding is None:
+        return None
+    if finding.kind == "clear":
+        if reading.suspect or window.newer_exists:
+            return None
+        kind = DecisionKind.CLEAR
+        confirmation = finding.confirmation
+        detail = finding.detail
+    elif reading.suspect:
+        kind = DecisionKind.REMEASURE
+        confirmation = None  # a suspect reading takes no part in confirm-by-repeat
+        detail = f"quality flags: {', '.join(reading.quality)}"
+    else:
+        kind = DecisionKind.BREACH
+        confirmation = finding.confirmation
+        detail = finding.detail
+    return Decision(
+        kind=kind,
+        rule=finding.rule,
+        patient_id=patient_id,
+        msg_id=reading.msg_id,
+        measured_at=reading.measured_at,
+        value_text=finding.value_text,
+        worst_key=finding.worst_key,
+        late=late,
+        confirmation=confirmation,
+        detail=detail,
+    )
+
+
+# --- blood pressure -------------------------------------------------------------------------------
+
+
+def _bp(reading: ReadingView) -> tuple[int, int]:
+    if reading.systolic is None or reading.diastolic is None:
+        raise ValueError(f"blood-pressure reading {reading.msg_id!r} has no systolic/diastolic")
+    return reading.systolic, reading.diastolic
+
+
+def _bp_text(reading: ReadingView) -> str:
+    systolic, diastolic = _bp(reading)
+    return f"{systolic}/{diastolic} mmHg"
+
+
+def _is_severe(t: Thresholds, reading: ReadingView) -> bool:
+    systolic, diastolic = _bp(reading)
+    return systolic >= t.severe_sbp or diastolic >= t.severe_dbp
+
+
+def _is_high(t: Thresholds, reading: ReadingView) -> bool:
+    """At or above the high thresholds (severe values included)."""
+    systolic, diastolic = _bp(reading)
+    return systolic >= t.high_sbp or diastolic >= t.high_dbp
+
+
+def _bp_high(t: Thresholds, window: _Window) -> _Finding | None:
+    reading = window.reading
+    systolic, diastolic = _bp(reading)
+    text = _bp_text(reading)
+    key = 100 * max(systolic / t.severe_sbp, diastolic / t.severe_dbp)
+    severe_prior = [r for r in window.prior if _is_severe(t, r)]
+    if _is_severe(t, reading):
+        confirmation = _severe_confirmation(t, reading.measured_at, severe_prior)
+        return _Finding("breach", RuleId.SEVERE_BP, text, key, confirmation)
+    repeat = _repeat_of_pending(t, reading.measured_at, severe_prior)
+    if not _is_high(t, reading):
+        return _Finding("clear", RuleId.HIGH_BP, text, key, repeat)
+    recent = [*window.within(timedelta(hours=t.high_window_hours)), reading][-t.high_of_last :]
+    high = sum(1 for r in recent if _is_high(t, r))
+    if high < t.high_required:
+        return None  # high, but not on enough readings yet: neither a breach nor back to normal
+    detail = (
+        f"{high} of the last {len(recent)} readings within {t.high_window_hours} h "
+        f"at or above {t.high_sbp}/{t.high_dbp} mmHg"
+    )
+    return _Finding("breach", RuleId.HIGH_BP, text, key, repeat, detail)
+
+
+def _gap_in_confirm_window(t: Thresholds, earlier: datetime, later: datetime) -> bool:
+    gap = later - earlier
+    return (
+        timedelta(minutes=t.confirm_window_min_minutes)
+        <= gap
+        <= timedelta(minutes=t.confirm_window_max_minutes)
+    )
+
+
+def _severe_confirmation(t: Thresholds, at: datetime, severe_prior: Sequence[ReadingView]) -> Confirmation:
+    """CONFIRMED when an earlier severe reading lies within the confirm window before `at`."""
+    if any(_gap_in_confirm_window(t, r.measured_at, at) for r in severe_prior):
+        return Confirmation.CONFIRMED
+    return Confirmation.PENDING
+
+
+def _repeat_of_pending(
+    t: Thresholds, at: datetime, severe_prior: Sequence[ReadingView]
+) -> Confirmation | None:
+    """NOT_CONFIRMED when a non-severe reading at `at` is the repeat of a pending severe reading."""
+    recent = [
+        r for r in severe_prior if at - r.measured_at <= timedelta(minutes=t.confirm_window_max_minutes)
+    ]
+    if not recent:
+        return None
+    latest = recent[-1]
+    if not _gap_in_confirm_window(t, latest.measured_at, at):
+        return None  # too early to be the repeat
+    if _severe_confirmation(t, latest.measured_at, severe_prior) is not Confirmation.PENDING:
+        return None
+    return Confirmation.NOT_CONFIRMED
+
+
+def _uncontrolled_bp(t: Thresholds, window: _Window) -> _Finding | None:
+    reading = window.reading
+    if reading.suspect:
+        return None
+    readings = [*window.within(timedelta(days=t.uncontrolled_days)), reading]
+    if len(readings) < t.uncontrolled_min_readings:
+        return None
+    pairs = [_bp(r) for r in readings]
+    mean_sbp = sum(s for s, _ in pairs) / len(pairs)
+    mean_dbp = sum(d for _, d in pairs) / len(pairs)
+    # Floor, not round: the text then stays on the same side of the (integer) thresholds as the mean.
+    text = f"mean {math.floor(mean_sbp)}/{math.floor(mean_dbp)} mmHg over {len(readings)} readings"
+    key = 100 * max(mean_sbp / t.uncontrolled_sbp, mean_dbp / t.uncontrolled_dbp)
+    detail = f"{t.uncontrolled_days}-day mean; threshold {t.uncontrolled_sbp}/{t.uncontrolled_dbp} mmHg"
+    breach = mean_sbp >= t.uncontrolled_sbp or mean_dbp >= t.uncontrolled_dbp
+    return _Finding("breach" if breach else "clear", RuleId.UNCONTROLLED_BP, text, key, None, detail)
+
+
+def _low_bp(t: Thresholds, reading: ReadingView) -> _Finding:
+    systolic, diastolic = _bp(reading)
+    key = -100 * min(systolic / t.low_sbp, diastolic / t.low_dbp)
+    breach = systolic < t.low_sbp or diastolic < t.low_dbp
+    return _Finding("breach" if breach else "clear", RuleId.LOW_BP, _bp_text(reading), key)
+
+
+def _pulse(t: Thresholds, reading: ReadingView) -> _Finding | None:
+    pulse = reading.pulse
+    if pulse is None:
+        return None
+    text = f"{_bp_text(reading)}, pulse {pulse}"
+    key = 100 * max(
+        (t.pulse_routine_low - pulse) / t.pulse_routine_low,
+        (pulse - t.pulse_routine_high) / t.pulse_routine_high,
+    )
+    if pulse < t.pulse_urgent_low or pulse > t.pulse_urgent_high:
+        return _Finding("breach", RuleId.PULSE_EXTREME, text, key)
+    if pulse < t.pulse_routine_low or pulse > t.pulse_routine_high:
+        return _Finding("breach", RuleId.PULSE_ABNORMAL, text, key)
+    return _Finding("clear", RuleId.PULSE_ABNORMAL, text, key)
+
+
+# --- glucose --------------------------------------------------------------------------------------
+
+
+def _mmol(reading: ReadingView) -> float | None:
+    """The value in mmol/L; None when censored."""
+    if reading.censored is None and reading.glucose_mmol is None:
+        raise ValueError(f"glucose reading {reading.msg_id!r} has neither a value nor a censored mark")
+    return None if reading.censored is not None else reading.glucose_mmol
+
+
+def _glucose_text(t: Thresholds, reading: ReadingView) -> str:
+    value = _mmol(reading)
+    if value is None:
+        return str(reading.censored)
+    return f"{_number_text(t, value)} mmol/L"
+
+
+def _number_text(t: Thresholds, value: float) -> str:
+    """One decimal, or more where one would show the value on the wrong side of a threshold.
+
+    54 mg/dL is 2.997 mmol/L: "3.0" would read as not below 3.0.
+    """
+
+    def sides(x: float) -> tuple[bool, ...]:
+        # The comparisons the rules make, so the text agrees with the decision.
+        return (x < t.hypo_l2_mmol, x < t.hypo_l1_mmol, x > t.hyper_marked_mmol, x >= t.hyper_severe_mmol)
+
+    for decimals in (1, 2, 3):
+        if sides(round(value, decimals)) == sides(value):
+            return f"{value:.{decimals}f}"
+    return f"{value:.4f}"
+
+
+def _is_hypo(t: Thresholds, reading: ReadingView) -> bool:
+    """Below level 1 (LO included)."""
+    value = _mmol(reading)
+    return reading.censored == "LO" or (value is not None and value < t.hypo_l1_mmol)
+
+
+def _hypo(t: Thresholds, reading: ReadingView) -> _Finding:
+    value = _mmol(reading)
+    text = _glucose_text(t, reading)
+    if reading.censored == "LO":
+        return _Finding("breach", RuleId.HYPO_L2, text, _LO_KEY)
+    key = -value if value is not None else -_HI_KEY  # HI: as far from hypoglycaemia as can be
+    if value is not None and value < t.hypo_l2_mmol:
+        return _Finding("breach", RuleId.HYPO_L2, text, key)
+    if value is not None and value < t.hypo_l1_mmol:
+        return _Finding("breach", RuleId.HYPO_L1, text, key)
+    return _Finding("clear", RuleId.HYPO_L1, text, key)
+
+
+def _hyper(t: Thresholds, reading: ReadingView) -> _Finding:
+    value = _mmol(reading)
+    text = _glucose_text(t, reading)
+    if reading.censored == "HI":
+        return _Finding("breach", RuleId.HYPER_SEVERE, text, _HI_KEY)
+    key = value if value is not None else 0.0  # LO: as far from hyperglycaemia as can be
+    if value is not None and value >= t.hyper_severe_mmol:
+        return _Finding("breach", RuleId.HYPER_SEVERE, text, key)
+    if value is not None and value > t.hyper_marked_mmol:
+        return _Finding("breach", RuleId.HYPER_MARKED, text, key)
+    return _Finding("clear", RuleId.HYPER_MARKED, text, key)
+
+
+def _repeated_hypo(t: Thresholds, window: _Window) -> _Finding | None:
+    reading = window.reading
+    current_hypo = _is_hypo(t, reading)
+    earlier = [r for r in window.within(timedelta(days=t.repeated_hypo_days)) if _is_hypo(t, r)]
+    count = len(earlier) + (1 if current_hypo else 0)
+    noun = "reading" if count == 1 else "readings"
+    text = f"{count} {noun} < {t.hypo_l1_mmol:g} mmol/L in {t.repeated_hypo_days} days"
+    if count < t.repeated_hypo_count:
+        return _Finding("clear", RuleId.REPEATED_HYPO, text, float(count))
+    if not current_hypo:
+        return None  # the episode goes on; a normal reading adds nothing to it
+    return _Finding("breach", RuleId.REPEATED_HYPO, text, float(count))
