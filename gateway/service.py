@@ -185,12 +185,13 @@ def build_gateway(settings: Settings, *, stop: threading.Event | None = None) ->
     engine = make_engine(settings.database_url)
     check_current(engine)
     sessions = session_factory(engine)
+    clinic = load_clinic_thresholds(settings.alerts.thresholds_file)
+    # The window rules must see their whole window, whatever the clinic configured.
+    history_days = max(settings.alerts.history_days, clinic.history_needed.days + 1)
     alert_engine = AlertEngine(
         sessions=sessions,
-        history=RecentReadings(
-            store, days=settings.alerts.history_days, max_patients=settings.alerts.history_cache_patients
-        ),
-        clinic=load_clinic_thresholds(settings.alerts.thresholds_file),
+        history=RecentReadings(store, days=history_days, max_patients=settings.alerts.history_cache_patients),
+        clinic=clinic,
         settings=settings.alerts,
         clock=utc_now,
     )

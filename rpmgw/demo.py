@@ -93,6 +93,7 @@ class Demo:
             )
             upgrade(settings.database_url)
             self._spawn("gateway", ["gateway"], env)
+            self._spawn("worker", ["worker"], env)
             self._spawn(
                 "sim",
                 [
@@ -158,7 +159,7 @@ class Demo:
                     "rpm-gateway demo is running:",
                     f"  MQTT broker   127.0.0.1:{self.options.mqtt_port}  (topic rpm/devices/+/readings)",
                     f"  InfluxDB      {influx_url}  (database rpm)",
-                    f"  logs          {self.log_dir}/gateway.log, {self.log_dir}/sim.log",
+                    f"  logs          {self.log_dir}/{{gateway,worker,sim}}.log",
                     f"  {self.options.patients} simulated patients publish blood pressure and glucose readings.",
                     "  In another terminal (same directory):",
                     f"    export RPMGW_DATA_DIR={self.base} RPMGW_MQTT__PORT={self.options.mqtt_port}"
@@ -180,9 +181,9 @@ class Demo:
         try:
             while not self._stop.wait(5.0):
                 for name, process in self._children.items():
-                    if process.poll() is not None and name == "gateway":
+                    if process.poll() is not None and name in ("gateway", "worker"):
                         click.echo(
-                            f"the gateway exited with code {process.returncode}; see {self.log_dir}/gateway.log"
+                            f"the {name} exited with code {process.returncode}; see {self.log_dir}/{name}.log"
                         )
                         return
                 self._print_status(store, quarantine)
