@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rpmgw.errors import SettingsError
@@ -155,6 +163,30 @@ class WebSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    # Signs session cookies and CSRF tokens. Unset: a random key kept in RPMGW_DATA_DIR/web-secret-key
+    # (fine for one machine; set it when several web processes serve the same clinic).
+    secret_key: SecretStr | None = None
+    # Automatic logoff after this many minutes without a click (HIPAA 164.312(a)(2)(iii)).
+    session_timeout_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    # Send the session cookie over HTTPS only: set it behind the TLS-terminating proxy.
+    cookie_secure: bool = False
+    # How many proxies in front of us set X-Forwarded-For/-Proto (0: trust no such header).
+    trusted_proxies: int = Field(default=0, ge=0, le=5)
+    # Login throttling: this many failed logins of one username (or 4x that from one address)
+    # within the window lock further attempts until the window has passed.
+    login_max_failures: int = Field(default=5, ge=1, le=100)
+    login_window_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    # How often the alert inbox asks for news (seconds).
+    poll_seconds: int = Field(default=15, ge=2, le=600)
+
+    @field_validator("secret_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError(
+                "RPMGW_WEB__SECRET_KEY must have at least 32 characters (e.g. `openssl rand -hex 32`)"
+            )
+        return value
 
 
 class Settings(BaseSettings):

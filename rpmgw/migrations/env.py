@@ -10,6 +10,7 @@ from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import Connection
 
 import alerts.tables  # noqa: F401  (registers the alert tables on the metadata)
+import web.tables  # noqa: F401  (registers the web tables: credentials, sessions, audit log)
 from rpmgw import models
 from rpmgw.db import make_engine
 
