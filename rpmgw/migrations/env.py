@@ -9,6 +9,7 @@ from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import Connection
 
+import alerts.notify.tables  # registers the outbox tables on the metadata
 import alerts.tables  # noqa: F401  (registers the alert tables on the metadata)
 import web.tables  # noqa: F401  (registers the web tables: credentials, sessions, audit log)
 from rpmgw import models
