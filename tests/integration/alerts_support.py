@@ -15,7 +15,7 @@ from alerts.tables import Alert, AlertEvent
 from rpmgw import admin
 from rpmgw.settings import AlertsSettings
 
-T0 = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
+T0 = datetime(2024, 3, 1, 6, 0, tzinfo=UTC)  # in the past: the CLI acknowledges at the real now
 SETTINGS = AlertsSettings()
 PATIENT = "P-000001"
 PATIENT_PHONE = "+79990000001"
