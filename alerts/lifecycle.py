@@ -406,7 +406,7 @@ def _notify_new(ctx: _Context, alert: Alert, d: Decision, *, purpose_suffix: str
     template = ADVICE_TEMPLATES.get(d.rule)
     if template is not None and severity in (Severity.CRITICAL, Severity.URGENT):
         purpose = f"advice{purpose_suffix}"
-        params = _advice_params(d)
+        params = advice_params(d)
         if params is None:
             log.warning("alert %s: cannot read a value from %r for the advice text", alert.id, d.value_text)
         else:
@@ -443,7 +443,9 @@ def _notify_new(ctx: _Context, alert: Alert, d: Decision, *, purpose_suffix: str
         )
 
 
-def _advice_params(d: Decision) -> dict[str, object] | None:
+def advice_params(d: Decision) -> dict[str, object] | None:
+    """The numbers of a patient advice text, read from the decision's value text ("184/112 mmHg",
+    "2.9 mmol/L", "LO"); None when there are none."""
     text = d.value_text.strip()
     if d.family in _GLUCOSE_FAMILIES:
         if text.upper() in ("LO", "HI"):

@@ -33,8 +33,8 @@ MIN = timedelta(minutes=1)
 OPENED = T0 + MIN  # when the critical alert of these tests is opened
 
 
-def _critical(migrated_db: MigratedDb, **clinic: bool) -> int:
-    setup_clinic(migrated_db.sessions, **clinic)
+def _critical(migrated_db: MigratedDb, *, oncall: bool = True) -> int:
+    setup_clinic(migrated_db.sessions, oncall=oncall)
     run(migrated_db.sessions, severe("m1", T0), now=OPENED)
     [alert] = alerts_of(migrated_db.sessions)
     return alert.id

@@ -12,6 +12,7 @@ from tests.fixtures.db import MigratedDb
 from tests.integration.alerts_support import (
     DOCTOR_PHONE,
     ONCALL_PHONE,
+    PATIENT,
     PATIENT_PHONE,
     T0,
     alerts_of,
@@ -368,3 +369,37 @@ def test_families_are_independent(migrated_db: MigratedDb) -> None:
         now=T0 + MIN,
     )
     assert sorted(a.family for a in alerts_of(sessions)) == ["bp_high", "pulse"]
+
+
+def test_the_real_rules_drive_the_lifecycle(migrated_db: MigratedDb) -> None:
+    from alerts.model import ReadingView
+    from alerts.rules import evaluate
+    from alerts.thresholds import Thresholds
+
+    sessions = migrated_db.sessions
+    setup_clinic(sessions)
+    history: list[ReadingView] = []
+
+    def measure(msg_id: str, minutes: int, systolic: int, diastolic: int) -> None:
+        reading = ReadingView(
+            msg_id, "bp-1", "blood_pressure", T0 + minutes * MIN, systolic=systolic, diastolic=diastolic
+        )
+        history.append(reading)
+        now = reading.measured_at + MIN
+        decisions = evaluate(Thresholds(), PATIENT, history, reading, now, late_after=timedelta(hours=1))
+        run(sessions, *decisions, now=now)
+
+    measure("m1", 0, 186, 112)  # severe: pending, advice and page
+    measure("m2", 7, 190, 118)  # the repeat within 5-15 min confirms
+    measure("m3", 60, 128, 82)  # back to normal: cleared
+
+    [alert] = alerts_of(sessions)
+    assert (alert.rule, alert.confirmation, alert.reading_count) == ("severe_bp", "confirmed", 2)
+    assert alert.state == "cleared, unacknowledged"
+    assert [kind for kind, _ in events_of(sessions, alert.id) if kind != "notified"] == [
+        "raised",
+        "reading_attached",
+        "confirmed",
+        "cleared",
+    ]
+    assert [t[1] for t in texts(sessions)] == ["severe_bp_advice", "staff_alert"]
