@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.mqtt",
     "tests.fixtures.influx",
     "tests.fixtures.db",
+    "tests.fixtures.twilio",
 ]

@@ -347,6 +347,17 @@ class Delivery:
         expected_status: OutboxStatus,
         maybe_sent_since: datetime | None,
     ) -> Claim:
+        # Read before the UPDATE: the ORM synchronises `row` with the values it sets.
+        claim = Claim(
+            outbox_id=row.id,
+            phone=row.phone,
+            body=row.body,
+            attempts=row.attempts + 1,
+            claimed_at=now,
+            maybe_sent_since=maybe_sent_since,
+            provider_id=row.provider_id,
+            provider_status=row.provider_status,
+        )
         condition = [OutboxMessage.id == row.id, OutboxMessage.status == expected_status]
         if expected_status is OutboxStatus.IN_FLIGHT:
             condition.append(OutboxMessage.claimed_at == row.claimed_at)
@@ -364,16 +375,7 @@ class Delivery:
         if result.rowcount != 1:
             # Cannot happen under the row lock we hold; refuse to send rather than risk a duplicate.
             raise RuntimeError(f"outbox row {row.id} changed under our lock")
-        return Claim(
-            outbox_id=row.id,
-            phone=row.phone,
-            body=row.body,
-            attempts=row.attempts + 1,
-            claimed_at=now,
-            maybe_sent_since=maybe_sent_since,
-            provider_id=row.provider_id,
-            provider_status=row.provider_status,
-        )
+        return claim
 
     def _deliver(self, claim: Claim) -> Outcome:
         if claim.provider_id is not None:
