@@ -102,13 +102,23 @@ class AlertEngine:
         for patient, readings in by_patient.items():
             patient_thresholds = thresholds.get(patient, (self._clinic, "clinic"))[0]
             seen: set[str] = set()
+            by_type = {
+                kind: [r for r in histories[patient] if r.type == kind]
+                for kind in ("blood_pressure", "glucose")
+            }
             for stored in sorted(readings, key=lambda s: s.reading.measured_at):
                 if stored.reading.msg_id in seen:  # a redelivery inside the same batch
                     continue
                 seen.add(stored.reading.msg_id)
                 view = ReadingView.from_stored(stored)
-                same_type = [r for r in histories[patient] if r.type == view.type]
                 decisions.extend(
-                    evaluate(patient_thresholds, patient, same_type, view, now, late_after=self._late_after)
+                    evaluate(
+                        patient_thresholds,
+                        patient,
+                        by_type[view.type],
+                        view,
+                        now,
+                        late_after=self._late_after,
+                    )
                 )
         return decisions

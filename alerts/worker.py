@@ -23,6 +23,8 @@ from rpmgw.settings import AlertsSettings
 
 log = logging.getLogger(__name__)
 
+MAX_DELIVERY_ROUNDS_PER_TICK = 50
+
 
 @dataclass(slots=True)
 class WorkerStats:
@@ -64,7 +66,11 @@ class Worker:
                 self.tick()
             except DBAPIError as exc:
                 self.stats.failed_ticks += 1
-                log.warning("worker tick failed (%s); trying again in %.0f s", exc.orig, self._settings.worker_interval_seconds)
+                log.warning(
+                    "worker tick failed (%s); trying again in %.0f s",
+                    exc.orig,
+                    self._settings.worker_interval_seconds,
+                )
             self._stop.wait(self._settings.worker_interval_seconds)
 
     def tick(self) -> None:
@@ -76,13 +82,18 @@ class Worker:
                 now=now,
                 clinic=self._clinic,
                 settings=self._settings,
-                thresholds_for=lambda patient_id: thresholds_for(session, [patient_id], self._clinic)[patient_id],
+                thresholds_for=lambda patient_id: thresholds_for(session, [patient_id], self._clinic)[
+                    patient_id
+                ],
             )
-        if any(vars(report).values()) if hasattr(report, "__dict__") else False:
+        if report.total:
             log.info("time rules: %s", report)
-        while True:
+        # Bounded: a tick never spins on rows that keep coming back (they have their own backoff).
+        for _ in range(MAX_DELIVERY_ROUNDS_PER_TICK):
             delivered = self._delivery.run_once()
             self.stats.sent += delivered.sent
+            if delivered.total:
+                log.info("texts: %s", delivered)
             if delivered.total == 0 or self._stop.is_set():
                 break
         self.stats.ticks += 1

@@ -83,7 +83,7 @@ class MqttConsumer:
 
     def start(self) -> None:
         """Connect in the background; paho's network thread reconnects with backoff on its own."""
-        properties = Properties(PacketTypes.CONNECT)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
         # Bounds how many unacknowledged readings the broker sends us, and so our memory.
         properties.ReceiveMaximum = self._settings.receive_maximum
@@ -187,10 +187,11 @@ class MqttConsumer:
             self._on_connection_change(False)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        payload = message.payload
         self._deliver(
             InboundMessage(
                 topic=message.topic,
-                payload=message.payload,
+                payload=payload if isinstance(payload, bytes) else bytes(payload),
                 mid=message.mid,
                 qos=message.qos,
                 generation=self._generation,

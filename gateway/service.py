@@ -96,10 +96,14 @@ class Gateway:
                 if time.monotonic() - last_report >= 10:
                     last_report = time.monotonic()
                     self._report()
-            # Flush what has already arrived; messages still in flight are redelivered next start.
-            while batch := self._drain_nowait():
+            # Flush what had arrived when we were asked to stop, no more: while publishers keep going,
+            # later messages stay unacknowledged on the broker and come back on the next start.
+            remaining = self._queue.qsize()
+            while remaining > 0 and (batch := self._drain_nowait(min(remaining, self._batch_size))):
+                remaining -= len(batch)
                 if not self._handle(batch):
                     break
+            log.info("stopped: flushed the batch in hand and %d queued readings", self.stats.received)
         finally:
             self._consumer.stop()
             self._report()
@@ -122,9 +126,9 @@ class Gateway:
                 break
         return batch
 
-    def _drain_nowait(self) -> list[InboundMessage]:
+    def _drain_nowait(self, limit: int) -> list[InboundMessage]:
         batch: list[InboundMessage] = []
-        while len(batch) < self._batch_size:
+        while len(batch) < limit:
             try:
                 batch.append(self._queue.get_nowait())
             except queue.Empty:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -24,6 +25,16 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _stop_when_set(stop: threading.Event, action: Callable[[], None]) -> None:
+    """Run `action` (a service's stop) in a helper thread once `stop` is set by a signal."""
+
+    def watch() -> None:
+        stop.wait()
+        action()
+
+    threading.Thread(target=watch, name="stop-watch", daemon=True).start()
+
+
 @click.command()
 @pass_settings
 def gateway(ctx: SettingsContext) -> None:
@@ -41,7 +52,7 @@ def gateway(ctx: SettingsContext) -> None:
         if stop.is_set():  # stopped while still waiting for InfluxDB
             return
         raise
-    threading.Thread(target=lambda: (stop.wait(), service.stop()), name="stop-watch", daemon=True).start()
+    _stop_when_set(stop, service.stop)
     log.info(
         "gateway up: broker %s:%s topic %s, store %s",
         settings.mqtt.host,
@@ -107,7 +118,7 @@ def worker(ctx: SettingsContext) -> None:
     )
     stop = threading.Event()
     _stop_on_signals(stop)
-    threading.Thread(target=lambda: (stop.wait(), service.stop()), name="stop-watch", daemon=True).start()
+    _stop_when_set(stop, service.stop)
     log.info("worker up: every %.0f s, SMS back end %s", settings.alerts.worker_interval_seconds, settings.sms.backend)
     service.run()
 
