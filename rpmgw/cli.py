@@ -34,14 +34,27 @@ def cli(ctx: click.Context) -> None:
     ctx.ensure_object(SettingsContext)
 
 
+_registered = False
+
+
 def _register() -> None:
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    from alerts.cli import register as register_alerts
+    from alerts.notify.cli import register as register_sms
     from device_sim.cli import sim
     from rpmgw.commands.admin import register as register_admin
     from rpmgw.commands.run import register as register_run
+    from web.cli import register as register_users
 
     cli.add_command(sim)
     register_admin(cli)
     register_run(cli)
+    register_alerts(cli)
+    register_sms(cli)
+    register_users(cli)
 
 
 def main() -> None:
