@@ -142,6 +142,9 @@ class SmsSettings(BaseModel):
     max_attempts: int = Field(default=8, ge=1)
     retry_base_seconds: float = Field(default=5.0, gt=0)
     retry_max_seconds: float = Field(default=900.0, gt=0)
+    # A text claimed longer ago than this was left by a worker that died mid-send: it is looked up at
+    # the provider (reconciled) before any resend. Must exceed the provider's request timeout.
+    in_flight_timeout_seconds: float = Field(default=120.0, gt=0)
 
 
 class TwilioSettings(BaseModel):
@@ -212,6 +215,14 @@ class Settings(BaseSettings):
     twilio: TwilioSettings = TwilioSettings()
     # Where Twilio reaches our webhooks (status callbacks, inbound replies), e.g. https://rpm.example.ru
     public_url: str = ""
+
+    @model_validator(mode="after")
+    def _in_flight_outlasts_requests(self) -> Settings:
+        if self.sms.in_flight_timeout_seconds <= self.twilio.timeout:
+            raise ValueError(
+                "RPMGW_SMS__IN_FLIGHT_TIMEOUT_SECONDS must be greater than RPMGW_TWILIO__TIMEOUT"
+            )
+        return self
 
     @model_validator(mode="after")
     def _twilio_complete(self) -> Settings:

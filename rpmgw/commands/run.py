@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from datetime import timedelta
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -111,7 +112,13 @@ def worker(ctx: SettingsContext) -> None:
     sessions = session_factory(engine)
     service = Worker(
         sessions=sessions,
-        delivery=Delivery(sessions, build_notifier(settings), settings.sms, clock=utc_now),
+        delivery=Delivery(
+            sessions,
+            build_notifier(settings),
+            settings.sms,
+            clock=utc_now,
+            in_flight_timeout=timedelta(seconds=settings.sms.in_flight_timeout_seconds),
+        ),
         clinic=load_clinic_thresholds(settings.alerts.thresholds_file),
         settings=settings.alerts,
         clock=utc_now,
@@ -119,7 +126,11 @@ def worker(ctx: SettingsContext) -> None:
     stop = threading.Event()
     _stop_on_signals(stop)
     _stop_when_set(stop, service.stop)
-    log.info("worker up: every %.0f s, SMS back end %s", settings.alerts.worker_interval_seconds, settings.sms.backend)
+    log.info(
+        "worker up: every %.0f s, SMS back end %s",
+        settings.alerts.worker_interval_seconds,
+        settings.sms.backend,
+    )
     service.run()
 
 
