@@ -4,7 +4,6 @@ through real `rpmgw gateway` and `rpmgw worker` processes and the real twilio li
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -91,28 +90,35 @@ def _populate(sessions: sessionmaker[Session], now: datetime) -> None:
         add_shift(session, "dr.oncall", starts_at=now - timedelta(hours=1), ends_at=now + timedelta(hours=12))
 
 
-@pytest.fixture
-def clinic(
-    mosquitto_broker: MosquittoServer, influx_server: InfluxServer, fake_twilio: FakeTwilio, tmp_path: Path
-) -> Iterator[Clinic]:
-    db_url = f"sqlite:///{tmp_path / 'rpmgw.sqlite3'}"
+def _clinic(
+    broker: MosquittoServer, influx: InfluxServer, twilio: FakeTwilio, tmp_path: Path, db_url: str
+) -> Clinic:
     upgrade(db_url)
     sessions = session_factory(make_engine(db_url))
     _populate(sessions, datetime.now(UTC))
     env = {
-        "RPMGW_MQTT__HOST": mosquitto_broker.host,
-        "RPMGW_MQTT__PORT": str(mosquitto_broker.port),
+        "RPMGW_MQTT__HOST": broker.host,
+        "RPMGW_MQTT__PORT": str(broker.port),
         "RPMGW_MQTT__CLIENT_ID": f"gw-{uuid.uuid4().hex[:8]}",
-        "RPMGW_INFLUX__URL": influx_server.url,
+        "RPMGW_INFLUX__URL": influx.url,
         "RPMGW_INFLUX__DATABASE": f"alerts_{uuid.uuid4().hex[:12]}",
         "RPMGW_DATABASE__URL": db_url,
         "RPMGW_DATA_DIR": str(tmp_path),
         "RPMGW_GATEWAY__BATCH_MAX_WAIT": "0.05",
         "RPMGW_ALERTS__WORKER_INTERVAL_SECONDS": "0.2",
         "RPMGW_SMS__RETRY_BASE_SECONDS": "0.2",
-        **fake_twilio.env(),
+        **twilio.env(),
     }
-    yield Clinic(mosquitto_broker, influx_server, fake_twilio, db_url, env, tmp_path, sessions)
+    return Clinic(broker, influx, twilio, db_url, env, tmp_path, sessions)
+
+
+@pytest.fixture
+def clinic(
+    mosquitto_broker: MosquittoServer, influx_server: InfluxServer, fake_twilio: FakeTwilio, tmp_path: Path
+) -> Clinic:
+    return _clinic(
+        mosquitto_broker, influx_server, fake_twilio, tmp_path, f"sqlite:///{tmp_path / 'rpmgw.sqlite3'}"
+    )
 
 
 def _wait_gateway_live(clinic: Clinic, gateway: RpmgwProcess) -> None:
@@ -226,3 +232,64 @@ def test_provider_failures_are_retried_and_the_alert_stays_in_the_inbox(clinic: 
     finally:
         assert worker.terminate() == 0
         assert gateway.terminate() == 0
+
+
+@pytest.mark.postgres
+def test_two_gateways_sharing_the_load_on_postgresql_open_one_alert(
+    mosquitto_broker: MosquittoServer,
+    influx_server: InfluxServer,
+    fake_twilio: FakeTwilio,
+    tmp_path: Path,
+    postgres_url: str,
+) -> None:
+    clinic = _clinic(mosquitto_broker, influx_server, fake_twilio, tmp_path, postgres_url)
+    second_device = "bp-alert-2"
+    with clinic.sessions.begin() as session:
+        enrol_device(
+            session,
+            device_id=second_device,
+            patient_id=PATIENT,
+            valid_from=datetime.now(UTC) - timedelta(hours=3),
+            kind="blood_pressure",
+        )
+    shared = {"RPMGW_MQTT__TOPIC": "$share/rpmgw/rpm/devices/+/readings"}
+    gateways = [
+        clinic.start("gateway", f"gateway-{i}", RPMGW_MQTT__CLIENT_ID=f"gw-shared-{i}", **shared)
+        for i in (1, 2)
+    ]
+    try:
+        for gateway in gateways:
+            wait_until(lambda g=gateway: "connected to" in g.log(), 30, "both gateways to connect")
+        _wait_gateway_live(clinic, gateways[0])
+        severe = [
+            bp_payload(device, systolic=182 + i % 7, diastolic=110, minutes_ago=(400 - i) / 100)
+            for i in range(400)
+            for device in [(DEVICE, second_device)[i % 2]]
+        ]
+        for device in (DEVICE, second_device):
+            clinic.publish(*[p for p in severe if p["device_id"] == device], device=device)
+        wait_until(
+            lambda: sum(r[2] for r in clinic.alerts() if r[0] == "severe_bp") == len(severe),
+            60,
+            "every severe reading attached to the alert",
+        )
+        reading_alerts = [a for a in clinic.alerts() if a[0] in ("severe_bp", "high_bp")]
+        assert len(reading_alerts) == 1, reading_alerts
+        with clinic.sessions() as session:
+            purposes = sorted(
+                (row.recipient_kind, row.purpose)
+                for row in session.scalars(select(OutboxMessage).where(OutboxMessage.alert_id.is_not(None)))
+            )
+        assert purposes == [("patient", "advice"), ("staff", "alert")]
+    finally:
+        codes = [gateway.terminate() for gateway in gateways]
+    assert codes == [0, 0]
+    received = [_received(gateway.log()) for gateway in gateways]
+    assert all(n > 0 for n in received), f"both gateways must have taken a share: {received}"
+
+
+def _received(log: str) -> int:
+    import re
+
+    counts = [int(n) for n in re.findall(r"received (\d+), stored", log)]
+    return max(counts, default=0)
