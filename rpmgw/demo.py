@@ -14,18 +14,25 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 import click
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
+from alerts.lifecycle import list_alerts
+from alerts.notify.tables import OutboxMessage
 from gateway.errors import StorageError
 from gateway.quarantine import Quarantine
 from gateway.timeseries import open_store
 from gateway.timeseries.base import ReadingStore
 from rpmgw.db import make_engine, session_factory, upgrade
+from rpmgw.demo_seed import DEMO_SEED, seed_demo
 from rpmgw.errors import ServerStartError
+from rpmgw.models import Device
 from rpmgw.servers.influxdb import InfluxServer
 from rpmgw.servers.mosquitto import MosquittoServer
 from rpmgw.settings import Settings, load_settings
@@ -92,8 +99,9 @@ class Demo:
                 influx={"url": influx.url, "version": "1"},
             )
             upgrade(settings.database_url)
+            sessions = session_factory(make_engine(settings.database_url))
+            seed_demo(sessions, settings.database_url, patients=self.options.patients, seed=DEMO_SEED)
             self._spawn("gateway", ["gateway"], env)
-            self._spawn("worker", ["worker"], env)
             self._spawn(
                 "sim",
                 [
@@ -102,12 +110,16 @@ class Demo:
                     "--patients",
                     str(self.options.patients),
                     "--seed",
-                    "7",
+                    str(DEMO_SEED),
                     "--faults",
                     "malformed=0.02,duplicate=0.02,censored=0.01",
                 ],
                 env,
             )
+            # The worker's no-data and silent-device rules would fire for devices enrolled "long ago"
+            # that simply have not sent their first demo reading yet: start it once every device spoke.
+            self._wait_devices_seen(sessions, timeout=60)
+            self._spawn("worker", ["worker"], env)
             self._banner(influx.url)
             self._watch(settings)
         finally:
@@ -119,6 +131,17 @@ class Demo:
             for pid_file in self.pid_dir.glob("*.pid"):
                 pid_file.unlink(missing_ok=True)
             click.echo("demo stopped: broker, InfluxDB, gateway and simulator are down.")
+
+    def _wait_devices_seen(self, sessions: sessionmaker[Session], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            with sessions() as session:
+                silent = session.scalar(
+                    select(func.count()).select_from(Device).where(Device.last_seen_at.is_(None))
+                )
+            if not silent:
+                return
+            self._stop.wait(1.0)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stop.set()
@@ -166,6 +189,8 @@ class Demo:
                     f" RPMGW_INFLUX__URL={influx_url}",
                     "    .venv/bin/rpmgw status           # readings stored, quarantine",
                     "    .venv/bin/rpmgw quarantine list  # rejected payloads with reasons",
+                    "    .venv/bin/rpmgw alerts list      # open alerts (ack: rpmgw alerts ack ID --by ...)",
+                    "    .venv/bin/rpmgw sms list         # texts to patients and doctors (recorded, not sent)",
                     f"    curl -G {influx_url}/query --data-urlencode db=rpm "
                     "--data-urlencode 'q=SELECT * FROM blood_pressure ORDER BY time DESC LIMIT 5'",
                     "Ctrl-C stops everything.",
@@ -176,7 +201,8 @@ class Demo:
 
     def _watch(self, settings: Settings) -> None:
         store = open_store(settings.influx)
-        quarantine = Quarantine(session_factory(make_engine(settings.database_url)))
+        sessions = session_factory(make_engine(settings.database_url))
+        quarantine = Quarantine(sessions)
         started = time.monotonic()
         try:
             while not self._stop.wait(5.0):
@@ -186,13 +212,15 @@ class Demo:
                             f"the {name} exited with code {process.returncode}; see {self.log_dir}/{name}.log"
                         )
                         return
-                self._print_status(store, quarantine)
+                self._print_status(store, quarantine, sessions)
                 if self.options.duration is not None and time.monotonic() - started >= self.options.duration:
                     return
         finally:
             store.close()
 
-    def _print_status(self, store: ReadingStore, quarantine: Quarantine) -> None:
+    def _print_status(
+        self, store: ReadingStore, quarantine: Quarantine, sessions: sessionmaker[Session]
+    ) -> None:
         try:
             summary = store.summary()
         except StorageError as exc:
@@ -200,9 +228,16 @@ class Demo:
             return
         counts = ", ".join(f"{kind} {count}" for kind, count in sorted(summary.counts.items())) or "none yet"
         rejected = sum(quarantine.counts_by_reason().values())
-        last = summary.last_measured_at.isoformat(timespec="seconds") if summary.last_measured_at else "-"
+        with sessions() as session:
+            open_alerts = list_alerts(session, state="open")
+            texts = session.scalar(select(func.count()).select_from(OutboxMessage)) or 0
+        by_severity = Counter(alert.severity for alert in open_alerts)
+        alerts = ", ".join(
+            f"{by_severity[s]} {s}" for s in ("critical", "urgent", "routine") if by_severity[s]
+        )
         click.echo(
-            f"[{time.strftime('%H:%M:%S')}] readings stored: {counts}; quarantined: {rejected}; newest: {last}"
+            f"[{time.strftime('%H:%M:%S')}] readings stored: {counts}; quarantined: {rejected}; "
+            f"open alerts: {alerts or 'none'}; texts: {texts}"
         )
 
     def _stop_children(self) -> None:
