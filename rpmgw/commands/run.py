@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from datetime import timedelta
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
