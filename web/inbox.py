@@ -15,7 +15,7 @@ from typing import Final
 from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from alerts import lifecycle
@@ -92,19 +92,26 @@ def inbox_sort_key(alert: Alert) -> tuple[bool, int, float]:
 
 def visible_alerts(session: Session, staff: Staff, where: InboxFilter, *, limit: int = 500) -> list[InboxRow]:
     """The alerts of the staff member's patients matching `where`, in inbox order."""
+    teams = access.team_ids(session, staff)
     query = (
         select(Alert, Patient)
         .join(Patient, Patient.id == Alert.patient_id)
-        .where(Patient.care_team_id.in_(access.team_ids(session, staff)))
+        .where(Patient.care_team_id.in_(teams))
     )
     if where.severity:
         query = query.where(Alert.severity == where.severity)
     if where.rule:
         query = query.where(Alert.rule == where.rule)
     if where.patient:
-        like = f"%{where.patient.lower()}%"
+        # Matched here, not in SQL: SQLite's lower() and LIKE fold only ASCII, and names are Cyrillic.
+        needle = where.patient.casefold()
+        candidates = session.execute(
+            select(Patient.id, Patient.display_name).where(Patient.care_team_id.in_(teams))
+        ).tuples()
         query = query.where(
-            or_(func.lower(Patient.id).like(like), func.lower(Patient.display_name).like(like))
+            Patient.id.in_(
+                [pid for pid, name in candidates if needle in pid.casefold() or needle in name.casefold()]
+            )
         )
     if where.state == "closed":
         query = query.where(Alert.closed_at.is_not(None)).order_by(Alert.closed_at.desc())
