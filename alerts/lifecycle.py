@@ -166,6 +166,7 @@ def _lock_open_alerts(session: Session, patient_ids: Sequence[str]) -> dict[tupl
             .where(Alert.patient_id.in_(chunk), Alert.closed_at.is_(None))
             .order_by(Alert.id)
             .with_for_update()
+            .execution_options(populate_existing=True)
         )
         found.update(((a.patient_id, a.family), a) for a in session.scalars(query))
     return found
@@ -320,11 +321,8 @@ def _remeasure(ctx: _Context, d: Decision) -> None:
     if d.late:
         return
     patient = ctx.patients[d.patient_id]
-    key = (
-        f"reading:{d.msg_id}:patient:remeasure"
-        if alert is None
-        else f"alert:{alert.id}:patient:remeasure:{d.msg_id}"
-    )
+    # Keyed by the reading, not the alert: a redelivery after an alert opened must not text again.
+    key = f"reading:{d.msg_id}:patient:remeasure"
     sent = enqueue(
         ctx.session,
         key=key,

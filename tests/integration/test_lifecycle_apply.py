@@ -403,3 +403,13 @@ def test_the_real_rules_drive_the_lifecycle(migrated_db: MigratedDb) -> None:
         "cleared",
     ]
     assert [t[1] for t in texts(sessions)] == ["severe_bp_advice", "staff_alert"]
+
+
+def test_a_remeasure_redelivered_after_an_alert_opened_is_not_texted_again(migrated_db: MigratedDb) -> None:
+    sessions = migrated_db.sessions
+    setup_clinic(sessions)
+    suspect = bp("m1", T0, 200, 95, kind=DecisionKind.REMEASURE)
+    run(sessions, suspect, now=T0 + MIN)
+    run(sessions, bp("m2", T0 + 10 * MIN, 165, 95), now=T0 + 11 * MIN)
+    run(sessions, suspect, now=T0 + 12 * MIN)
+    assert texts(sessions) == [(PATIENT_PHONE, "remeasure_advice", "remeasure")]
