@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from zoneinfo import ZoneInfo
 
 import click
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from alerts.notify.delivery import Delivery
@@ -118,11 +119,13 @@ def send_test(ctx: SettingsContext, phone: str, language: str) -> None:
                 purpose="test",
                 now=utcnow(),
             )
-            outbox_id = session.query(OutboxMessage.id).filter_by(idempotency_key=key).scalar()
+            outbox_id = session.scalars(
+                select(OutboxMessage.id).where(OutboxMessage.idempotency_key == key)
+            ).one()
         delivery = Delivery(
             sessions, build_notifier(settings), settings.sms, default_timezone=settings.timezone
         )
-        outcome = delivery.process(int(outbox_id))
+        outcome = delivery.process(outbox_id)
         with sessions() as session:
             row = session.get(OutboxMessage, outbox_id)
             assert row is not None

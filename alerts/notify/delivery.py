@@ -471,13 +471,14 @@ class Delivery:
                 values["next_attempt_at"] = now + delay
             session.execute(update(OutboxMessage).where(OutboxMessage.id == row.id).values(**values))
         level = logging.WARNING if outcome is Outcome.RETRIED else logging.ERROR
+        # The provider's message may quote the phone number: it stays in the outbox row, not in the log.
         log.log(
             level,
-            "outbox row %d %s (attempt %d): %s",
+            "outbox row %d %s (attempt %d): error %s",
             claim.outbox_id,
             outcome.value,
             claim.attempts,
-            values["last_error"],
+            exc.code,
         )
         return outcome
 

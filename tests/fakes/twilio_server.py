@@ -34,6 +34,7 @@ from typing import Any, Final
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
+from requests import Response
 from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
 
 from rpmgw.settings import TwilioSettings
@@ -256,7 +257,7 @@ class FakeTwilio:
             message.error_code = error_code
             message.date_updated = self.clock()
 
-    def status_callback(self, sid: str, status: str, error_code: int | None = None) -> requests.Response:
+    def status_callback(self, sid: str, status: str, error_code: int | None = None) -> Response:
         """Post a signed delivery status callback for message `sid` to its StatusCallback URL."""
         with self._lock:
             message = self._find(sid)
@@ -278,7 +279,7 @@ class FakeTwilio:
             params["ErrorCode"] = str(error_code)
         return self.post_signed(url, params)
 
-    def inbound(self, url: str, from_: str, body: str, to: str = "+15005550006") -> requests.Response:
+    def inbound(self, url: str, from_: str, body: str, to: str = "+15005550006") -> Response:
         """Post a signed incoming-message webhook (a reply such as STOP) to `url`."""
         sid = "SM" + secrets.token_hex(16)
         params = {
@@ -295,7 +296,7 @@ class FakeTwilio:
         }
         return self.post_signed(url, params)
 
-    def post_signed(self, url: str, params: Mapping[str, str]) -> requests.Response:
+    def post_signed(self, url: str, params: Mapping[str, str]) -> Response:
         """POST `params` as a form to `url`, signed with this account's auth token as Twilio signs."""
         return requests.post(
             url,

@@ -189,7 +189,7 @@ def test_the_development_back_end_only_records(env: Env) -> None:
 
 
 def test_build_notifier_follows_the_backend_setting(env: Env) -> None:
-    assert isinstance(build_notifier(Settings(_env_file=None)), OutboxOnlyNotifier)  # type: ignore[call-arg]
+    assert isinstance(build_notifier(Settings()), OutboxOnlyNotifier)
     settings = Settings(sms=SmsSettings(backend="twilio"), twilio=env.fake.settings())
     assert isinstance(build_notifier(settings), TwilioNotifier)
 

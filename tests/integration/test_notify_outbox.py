@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Table, func, inspect, select
+from sqlalchemy import Table, func, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 
 from alerts.notify.errors import TemplateError
@@ -163,9 +163,7 @@ def test_list_outbox_newest_first_with_filters(migrated_db: MigratedDb) -> None:
         for minute, (key, patient) in enumerate([("a", "P-1"), ("b", "P-2"), ("c", "P-1")]):
             _enqueue(session, key=key, patient_id=patient, now=NOW + timedelta(minutes=minute))
         session.execute(
-            OutboxMessage.__table__.update()
-            .where(OutboxMessage.idempotency_key == "b")
-            .values(status="failed")
+            update(OutboxMessage).where(OutboxMessage.idempotency_key == "b").values(status="failed")
         )
     with migrated_db.sessions() as session:
         assert [e.key for e in list_outbox(session)] == ["c", "b", "a"]
