@@ -30,7 +30,7 @@ from gateway.quarantine import Quarantine
 from gateway.timeseries import open_store
 from gateway.timeseries.base import ReadingStore
 from rpmgw.db import make_engine, session_factory, upgrade
-from rpmgw.demo_seed import DEMO_SEED, seed_demo
+from rpmgw.demo_seed import DEMO_ADMIN, DEMO_DOCTOR, DEMO_PASSWORDS, DEMO_SEED, seed_demo
 from rpmgw.errors import ServerStartError
 from rpmgw.models import Device
 from rpmgw.servers.influxdb import InfluxServer
@@ -45,6 +45,7 @@ class DemoOptions:
     base_dir: Path
     mqtt_port: int
     influx_port: int
+    web_port: int
     patients: int
     duration: float | None = None
 
@@ -75,11 +76,14 @@ class Demo:
         self.pid_dir.mkdir(exist_ok=True)
         self.log_dir.mkdir(exist_ok=True)
         self._stop_leftovers()
-        for name, port in (("MQTT", self.options.mqtt_port), ("InfluxDB", self.options.influx_port)):
+        for option, port in (
+            ("--mqtt-port", self.options.mqtt_port),
+            ("--influx-port", self.options.influx_port),
+            ("--web-port", self.options.web_port),
+        ):
             if not _port_free(port):
                 raise ServerStartError(
-                    f"port {port} for the demo's {name} is taken by another program; "
-                    f"choose another with --{'mqtt' if name == 'MQTT' else 'influx'}-port"
+                    f"port {port} for the demo is taken by another program; choose another with {option}"
                 )
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -102,6 +106,7 @@ class Demo:
             sessions = session_factory(make_engine(settings.database_url))
             seed_demo(sessions, settings.database_url, patients=self.options.patients, seed=DEMO_SEED)
             self._spawn("gateway", ["gateway"], env)
+            self._spawn("web", ["web"], env)
             self._spawn(
                 "sim",
                 [
@@ -155,6 +160,8 @@ class Demo:
                 "RPMGW_MQTT__PORT": str(self.options.mqtt_port),
                 "RPMGW_INFLUX__URL": influx_url,
                 "RPMGW_INFLUX__VERSION": "1",
+                "RPMGW_WEB__HOST": "127.0.0.1",
+                "RPMGW_WEB__PORT": str(self.options.web_port),
             }
         )
         env.pop("RPMGW_DATABASE__URL", None)
@@ -180,9 +187,11 @@ class Demo:
                 [
                     "",
                     "rpm-gateway demo is running:",
+                    f"  doctors' web  http://127.0.0.1:{self.options.web_port}/   login: {DEMO_DOCTOR} / "
+                    f"{DEMO_PASSWORDS[DEMO_DOCTOR]}  (admin: {DEMO_ADMIN} / {DEMO_PASSWORDS[DEMO_ADMIN]})",
                     f"  MQTT broker   127.0.0.1:{self.options.mqtt_port}  (topic rpm/devices/+/readings)",
                     f"  InfluxDB      {influx_url}  (database rpm)",
-                    f"  logs          {self.log_dir}/{{gateway,worker,sim}}.log",
+                    f"  logs          {self.log_dir}/{{gateway,worker,web,sim}}.log",
                     f"  {self.options.patients} simulated patients publish blood pressure and glucose readings.",
                     "  In another terminal (same directory):",
                     f"    export RPMGW_DATA_DIR={self.base} RPMGW_MQTT__PORT={self.options.mqtt_port}"
@@ -207,7 +216,7 @@ class Demo:
         try:
             while not self._stop.wait(5.0):
                 for name, process in self._children.items():
-                    if process.poll() is not None and name in ("gateway", "worker"):
+                    if process.poll() is not None and name in ("gateway", "worker", "web"):
                         click.echo(
                             f"the {name} exited with code {process.returncode}; see {self.log_dir}/{name}.log"
                         )

@@ -8,16 +8,21 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from alerts.staff import add_care_team, add_member, add_shift, add_staff, assign_patient
+from alerts.staff import add_care_team, add_member, add_shift, add_staff, assign_patient, get_staff
 from alerts.tables import CareTeam, OncallShift, Staff
 from device_sim.devices import build_fleet
 from device_sim.run import enrol_fleet
 from rpmgw.models import Patient
+from web.accounts import set_password
+from web.tables import StaffCredential
 
 DEMO_SEED = 7
 DEMO_TEAM = "Therapy 1"
 DEMO_DOCTOR = "doctor"
 DEMO_ONCALL = "oncall"
+DEMO_ADMIN = "admin"
+# A demo, on 127.0.0.1 only: fixed, printed logins so a newcomer can try it at once.
+DEMO_PASSWORDS = {DEMO_DOCTOR: "pressure-180-demo", DEMO_ADMIN: "enrolment-desk-7"}
 
 
 def seed_demo(sessions: sessionmaker[Session], database_url: str, *, patients: int, seed: int) -> None:
@@ -41,6 +46,12 @@ def seed_demo(sessions: sessionmaker[Session], database_url: str, *, patients: i
                 phone="+79990001002",
                 role="doctor",
             )
+        if session.scalar(select(Staff.id).where(Staff.username == DEMO_ADMIN)) is None:
+            add_staff(session, username=DEMO_ADMIN, display_name="Admin", phone="+79990001003", role="admin")
+        for username, password in DEMO_PASSWORDS.items():
+            staff = get_staff(session, username)
+            if session.get(StaffCredential, staff.id) is None:
+                set_password(session, staff, password, now=now)
         if session.scalar(select(CareTeam.id).where(CareTeam.name == DEMO_TEAM)) is None:
             add_care_team(session, DEMO_TEAM)
         add_member(session, DEMO_TEAM, DEMO_DOCTOR, responsible=True)

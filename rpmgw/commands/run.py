@@ -67,6 +67,7 @@ def gateway(ctx: SettingsContext) -> None:
 @click.command()
 @click.option("--mqtt-port", default=18830, show_default=True, help="Port of the demo's own Mosquitto.")
 @click.option("--influx-port", default=18086, show_default=True, help="HTTP port of the demo's own InfluxDB.")
+@click.option("--web-port", default=18080, show_default=True, help="Port of the doctors' web application.")
 @click.option("--patients", default=20, show_default=True, help="Simulated patients.")
 @click.option(
     "--dir",
@@ -79,7 +80,9 @@ def gateway(ctx: SettingsContext) -> None:
 @click.option(
     "--duration", type=float, default=None, help="Stop after this many seconds (default: until Ctrl-C)."
 )
-def demo(mqtt_port: int, influx_port: int, patients: int, base_dir: Path, duration: float | None) -> None:
+def demo(
+    mqtt_port: int, influx_port: int, web_port: int, patients: int, base_dir: Path, duration: float | None
+) -> None:
     """Start everything: broker, InfluxDB, gateway and simulated patients; Ctrl-C stops it all."""
     from rpmgw.demo import Demo, DemoOptions
 
@@ -88,6 +91,7 @@ def demo(mqtt_port: int, influx_port: int, patients: int, base_dir: Path, durati
             base_dir=base_dir.resolve(),
             mqtt_port=mqtt_port,
             influx_port=influx_port,
+            web_port=web_port,
             patients=patients,
             duration=duration,
         )
@@ -117,6 +121,7 @@ def worker(ctx: SettingsContext) -> None:
             build_notifier(settings),
             settings.sms,
             clock=utc_now,
+            default_timezone=settings.timezone,
             in_flight_timeout=timedelta(seconds=settings.sms.in_flight_timeout_seconds),
         ),
         clinic=load_clinic_thresholds(settings.alerts.thresholds_file),
