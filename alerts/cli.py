@@ -5,7 +5,6 @@ Times are shown in the clinic's time zone (RPMGW_TIMEZONE) and accepted as RFC 3
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from rpmgw.cli import SettingsContext, pass_settings
 from rpmgw.commands.admin import CommandError, clear_errors, rfc3339
 from rpmgw.db import check_current, make_engine, session_factory
 from rpmgw.models import LANGUAGES
+from rpmgw.output import echo_json, echo_table, iso_utc, local_time
 from rpmgw.settings import Settings
 
 
@@ -81,7 +81,7 @@ def staff_list(ctx: SettingsContext, as_json: bool) -> None:
     with _database(ctx.settings) as sessions, sessions() as session:
         members = staff.list_staff(session)
     if as_json:
-        _echo_json(
+        echo_json(
             [
                 {
                     "username": m.username,
@@ -95,7 +95,7 @@ def staff_list(ctx: SettingsContext, as_json: bool) -> None:
             ]
         )
         return
-    _echo_table(
+    echo_table(
         ("USERNAME", "NAME", "ROLE", "PHONE", "LANG", "ACTIVE"),
         [(m.username, m.display_name, m.role, m.phone, m.language, _yes(m.active)) for m in members],
     )
@@ -179,7 +179,7 @@ def team_list(ctx: SettingsContext, as_json: bool) -> None:
     with _database(ctx.settings) as sessions, sessions() as session:
         teams = staff.list_care_teams(session)
     if as_json:
-        _echo_json(
+        echo_json(
             [
                 {
                     "name": t.name,
@@ -220,7 +220,7 @@ def oncall_add(ctx: SettingsContext, username: str, starts_at: datetime, ends_at
     with _database(ctx.settings) as sessions, sessions.begin() as session:
         staff.add_shift(session, username, starts_at=starts_at, ends_at=ends_at)
     zone = ZoneInfo(ctx.settings.timezone)
-    click.echo(f"{username} on call from {_local(starts_at, zone)} to {_local(ends_at, zone)}")
+    click.echo(f"{username} on call from {local_time(starts_at, zone)} to {local_time(ends_at, zone)}")
 
 
 @oncall_group.command("list")
@@ -233,17 +233,17 @@ def oncall_list(ctx: SettingsContext, show_all: bool, as_json: bool) -> None:
     with _database(ctx.settings) as sessions, sessions() as session:
         shifts = staff.list_shifts(session, ending_after=None if show_all else datetime.now(UTC))
     if as_json:
-        _echo_json(
+        echo_json(
             [
-                {"username": s.username, "starts_at": _iso(s.starts_at), "ends_at": _iso(s.ends_at)}
+                {"username": s.username, "starts_at": iso_utc(s.starts_at), "ends_at": iso_utc(s.ends_at)}
                 for s in shifts
             ]
         )
         return
     zone = ZoneInfo(ctx.settings.timezone)
-    _echo_table(
+    echo_table(
         ("STAFF", "FROM", "TO"),
-        [(s.username, _local(s.starts_at, zone), _local(s.ends_at, zone)) for s in shifts],
+        [(s.username, local_time(s.starts_at, zone), local_time(s.ends_at, zone)) for s in shifts],
     )
 
 
@@ -275,10 +275,10 @@ def alerts_list(ctx: SettingsContext, as_json: bool, patient_id: str | None, sta
             session, patient_id=patient_id, state="all" if state == "all" else "open", limit=limit
         )
     if as_json:
-        _echo_json([_alert_json(a) for a in found])
+        echo_json([_alert_json(a) for a in found])
         return
     zone = ZoneInfo(ctx.settings.timezone)
-    _echo_table(
+    echo_table(
         (
             "ID",
             "PATIENT",
@@ -302,8 +302,8 @@ def alerts_list(ctx: SettingsContext, as_json: bool, patient_id: str | None, sta
                 a.state,
                 a.worst_value_text or "-",
                 a.last_value_text or "-",
-                _local(a.first_measured_at, zone) if a.first_measured_at else "-",
-                _local(a.last_measured_at, zone) if a.last_measured_at else "-",
+                local_time(a.first_measured_at, zone) if a.first_measured_at else "-",
+                local_time(a.last_measured_at, zone) if a.last_measured_at else "-",
                 str(a.reading_count),
                 "late" if a.late else "-",
                 a.confirmation or "-",
@@ -329,12 +329,12 @@ def alerts_show(ctx: SettingsContext, alert_id: int, as_json: bool) -> None:
         if ack is not None:
             document["acknowledgement"] = {
                 "by": alert.acknowledged_by,
-                "at": _iso(ack.at),
+                "at": iso_utc(ack.at),
                 "reason_code": ack.reason_code,
                 "note": ack.note,
                 "time_to_ack_seconds": ack.time_to_ack_seconds,
             }
-        _echo_json(document)
+        echo_json(document)
         return
     zone = ZoneInfo(ctx.settings.timezone)
     click.echo(
@@ -347,15 +347,15 @@ def alerts_show(ctx: SettingsContext, alert_id: int, as_json: bool) -> None:
     )
     if alert.confirmation:
         click.echo(f"  confirmation: {alert.confirmation}")
-    click.echo(f"  opened: {_local(alert.opened_at, zone)}  thresholds: {alert.threshold_version}")
+    click.echo(f"  opened: {local_time(alert.opened_at, zone)}  thresholds: {alert.threshold_version}")
     if ack is not None:
         click.echo(
-            f"  acknowledged by {alert.acknowledged_by} at {_local(ack.at, zone)}: {ack.reason_code}: {ack.note}"
+            f"  acknowledged by {alert.acknowledged_by} at {local_time(ack.at, zone)}: {ack.reason_code}: {ack.note}"
         )
     click.echo("  events:")
     for event in events:
         msg = f" [{event.msg_id}]" if event.msg_id else ""
-        click.echo(f"    {_local(event.at, zone)}  {event.kind}{msg}  {event.detail}")
+        click.echo(f"    {local_time(event.at, zone)}  {event.kind}{msg}  {event.detail}")
 
 
 @alerts_group.command("ack")
@@ -457,7 +457,7 @@ def _show_thresholds(
     zone: ZoneInfo,
 ) -> None:
     if as_json:
-        _echo_json(
+        echo_json(
             {
                 "label": label,
                 "thresholds": values.model_dump(),
@@ -467,7 +467,7 @@ def _show_thresholds(
                         "version": v.version,
                         "overrides": v.overrides,
                         "changed_by": v.changed_by,
-                        "changed_at": _iso(v.changed_at),
+                        "changed_at": iso_utc(v.changed_at),
                         "reason": v.reason,
                     }
                     for v in versions
@@ -476,7 +476,7 @@ def _show_thresholds(
         )
         return
     click.echo(f"thresholds: {label}")
-    _echo_table(
+    echo_table(
         ("KEY", "VALUE", "", "MEANING"),
         [
             (key, str(value), "*" if key in overrides else "", THRESHOLD_DESCRIPTIONS[key])
@@ -487,7 +487,9 @@ def _show_thresholds(
         click.echo("history (* marks the patient's overrides above):")
         for v in versions:
             shown = ", ".join(f"{k}={x}" for k, x in sorted(v.overrides.items())) or "clinic thresholds"
-            click.echo(f"  v{v.version} {_local(v.changed_at, zone)} by {v.changed_by}: {shown} ({v.reason})")
+            click.echo(
+                f"  v{v.version} {local_time(v.changed_at, zone)} by {v.changed_by}: {shown} ({v.reason})"
+            )
 
 
 def _parse_assignments(assignments: Sequence[str]) -> dict[str, int | float]:
@@ -524,41 +526,23 @@ def _alert_json(alert: Alert) -> dict[str, Any]:
         "closed": alert.closed_at is not None,
         "worst_value": alert.worst_value_text,
         "last_value": alert.last_value_text,
-        "first_measured_at": _iso(alert.first_measured_at),
-        "last_measured_at": _iso(alert.last_measured_at),
+        "first_measured_at": iso_utc(alert.first_measured_at),
+        "last_measured_at": iso_utc(alert.last_measured_at),
         "reading_count": alert.reading_count,
         "late": alert.late,
         "confirmation": alert.confirmation,
         "threshold_version": alert.threshold_version,
-        "opened_at": _iso(alert.opened_at),
-        "cleared_at": _iso(alert.cleared_at),
-        "acknowledged_at": _iso(alert.acknowledged_at),
+        "opened_at": iso_utc(alert.opened_at),
+        "cleared_at": iso_utc(alert.cleared_at),
+        "acknowledged_at": iso_utc(alert.acknowledged_at),
         "acknowledged_by": alert.acknowledged_by,
-        "closed_at": _iso(alert.closed_at),
+        "closed_at": iso_utc(alert.closed_at),
         "escalation_level": alert.escalation_level,
     }
 
 
 def _event_json(event: AlertEvent) -> dict[str, Any]:
-    return {"at": _iso(event.at), "kind": event.kind, "msg_id": event.msg_id, "detail": event.detail}
-
-
-def _echo_json(value: object) -> None:
-    click.echo(json.dumps(value, ensure_ascii=False, indent=2))
-
-
-def _echo_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
-    for row in (headers, *rows):
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-
-
-def _local(value: datetime, zone: ZoneInfo) -> str:
-    return value.astimezone(zone).isoformat(timespec="seconds")
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat()
+    return {"at": iso_utc(event.at), "kind": event.kind, "msg_id": event.msg_id, "detail": event.detail}
 
 
 def _yes(value: bool) -> str:

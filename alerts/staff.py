@@ -7,7 +7,6 @@ responsible doctor does not acknowledge a critical alert, the doctor on call is 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,11 +27,11 @@ from alerts.errors import (
     UnknownStaff,
 )
 from alerts.tables import STAFF_ROLES, CareTeam, CareTeamMember, OncallShift, Staff, StaffRole
-from rpmgw.models import PHONE_PATTERN, Language, Patient
+from rpmgw.models import Language, Patient
+from rpmgw.validation import normalize_phone
 
 USERNAME_PATTERN: Final = r"^[A-Za-z0-9_.-]{2,64}$"
 # People type phone numbers with spaces, dashes, dots and brackets: "+7 (999) 123-45-67".
-_PHONE_SEPARATORS: Final = re.compile(r"[\s().-]")
 
 
 class StaffInput(BaseModel):
@@ -51,15 +50,7 @@ class StaffInput(BaseModel):
     def _strip_name(cls, value: object) -> object:
         return value.strip() if isinstance(value, str) else value
 
-    @field_validator("phone", mode="before")
-    @classmethod
-    def _e164(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value
-        phone = _PHONE_SEPARATORS.sub("", value)
-        if not re.match(PHONE_PATTERN, phone):
-            raise ValueError(f"{value!r} is not an E.164 number like +79991234567")
-        return phone
+    _e164 = field_validator("phone", mode="before")(normalize_phone)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Final
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import func, select
@@ -28,16 +27,15 @@ from rpmgw.models import (
     DEVICE_KINDS,
     LANGUAGES,
     PATIENT_ID_PATTERN,
-    PHONE_PATTERN,
     Device,
     DeviceKind,
     Enrolment,
     Language,
     Patient,
 )
+from rpmgw.validation import check_zone, normalize_phone
 
 # People type phone numbers with spaces, dashes, dots and brackets: "+7 (999) 123-45-67".
-_PHONE_SEPARATORS: Final = re.compile(r"[\s().-]")
 
 
 class AdminError(RpmgwError):
@@ -80,26 +78,8 @@ class PatientInput(BaseModel):
     def _strip_name(cls, value: object) -> object:
         return value.strip() if isinstance(value, str) else value
 
-    @field_validator("phone", mode="before")
-    @classmethod
-    def _e164(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value
-        phone = _PHONE_SEPARATORS.sub("", value)
-        if not re.match(PHONE_PATTERN, phone):
-            raise ValueError(f"{value!r} is not an E.164 number like +79991234567")
-        return phone
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(
-                f"unknown time zone {value!r} (use an IANA name like Asia/Yekaterinburg)"
-            ) from exc
-        return value
+    _e164 = field_validator("phone", mode="before")(normalize_phone)
+    _known_zone = field_validator("timezone")(check_zone)
 
 
 @dataclass(frozen=True, slots=True)

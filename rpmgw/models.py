@@ -38,7 +38,6 @@ NAMING_CONVENTION: Final = {
 PATIENT_ID_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}$"
 DEVICE_ID_PATTERN: Final = r"^[A-Za-z0-9_-]{3,64}$"
 # E.164: "+", a country code that does not start with 0, at most 15 digits in all.
-PHONE_PATTERN: Final = r"^\+[1-9][0-9]{7,14}$"
 DEFAULT_TIMEZONE: Final = "Asia/Yekaterinburg"
 
 Language = Literal["ru", "en"]

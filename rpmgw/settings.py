@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -21,6 +20,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rpmgw.errors import SettingsError
+from rpmgw.validation import check_zone
 
 
 class MqttSettings(BaseModel):
@@ -102,7 +102,14 @@ class GatewaySettings(BaseModel):
     registry_cache_size: int = Field(default=100_000, ge=0)
     registry_cache_ttl: float = Field(default=30.0, ge=0)
     storage_retry_max_delay: float = Field(default=30.0, gt=0)
-    health_port: int = Field(default=0, ge=0, le=65535)  # 0: no health endpoint
+    # Per-device token bucket (readings per second, burst); over it: quarantined as "rate_limited".
+    # The burst covers a monitor emptying its offline buffer after days without a connection.
+    rate_limit_per_second: float = Field(default=2.0, ge=0)  # 0: no rate limit
+    rate_limit_burst: int = Field(default=500, ge=1)
+    rate_limit_devices: int = Field(default=200_000, ge=1)  # LRU of devices tracked (bounded memory)
+    # /healthz, /readyz and /metrics of the gateway process on 0.0.0.0:port (0: none).
+    health_port: int = Field(default=0, ge=0, le=65535)
+    health_host: str = "0.0.0.0"
 
 
 class AlertsSettings(BaseModel):
@@ -120,6 +127,8 @@ class AlertsSettings(BaseModel):
     escalate_responsible_after_minutes: int = Field(default=15, ge=1)
     escalate_oncall_after_minutes: int = Field(default=30, ge=1)
     worker_interval_seconds: float = Field(default=5.0, gt=0)
+    # /healthz, /readyz and /metrics of the worker process on 0.0.0.0:port (0: none).
+    worker_health_port: int = Field(default=0, ge=0, le=65535)
 
     @model_validator(mode="after")
     def _escalation_order(self) -> AlertsSettings:
@@ -205,6 +214,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     timezone: str = "Asia/Yekaterinburg"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # json: one JSON object per line (for log shippers); text: for people.
+    log_format: Literal["text", "json"] = "text"
     mqtt: MqttSettings = MqttSettings()
     influx: InfluxSettings = InfluxSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -241,16 +252,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"RPMGW_SMS__BACKEND=twilio needs {', '.join(missing)}")
         return self
 
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(
-                f"unknown time zone {value!r} (use an IANA name like Asia/Yekaterinburg)"
-            ) from exc
-        return value
+    _known_zone = field_validator("timezone")(check_zone)
 
     @property
     def database_url(self) -> str:

@@ -20,8 +20,9 @@ from alerts.notify.tables import OutboxMessage, OutboxStatus, RecipientKind
 from rpmgw.cli import SettingsContext, pass_settings
 from rpmgw.commands.admin import clear_errors
 from rpmgw.db import check_current, make_engine, session_factory
-from rpmgw.models import LANGUAGES, PHONE_PATTERN, utcnow
+from rpmgw.models import LANGUAGES, utcnow
 from rpmgw.settings import Settings
+from rpmgw.validation import PHONE_PATTERN
 
 BODY_PREVIEW = 60
 

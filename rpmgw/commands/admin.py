@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import base64
-import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from rpmgw.cli import SettingsContext, pass_settings
 from rpmgw.db import check_current, current_revision, make_engine, safe_url, session_factory, upgrade
 from rpmgw.errors import RpmgwError
 from rpmgw.models import DEFAULT_TIMEZONE, DEVICE_KINDS, LANGUAGES, Device, Patient
+from rpmgw.output import echo_json, echo_table, iso_utc, local_time
 from rpmgw.settings import Settings
 
 P = ParamSpec("P")
@@ -163,13 +163,13 @@ def patient_list(ctx: SettingsContext, as_json: bool) -> None:
     with _database(ctx.settings) as sessions, sessions() as session:
         patients = admin.list_patients(session)
     if as_json:
-        _echo_json([_patient_json(p) for p in patients])
+        echo_json([_patient_json(p) for p in patients])
         return
     zone = ZoneInfo(ctx.settings.timezone)
-    _echo_table(
+    echo_table(
         ("ID", "NAME", "PHONE", "LANG", "TIMEZONE", "CREATED"),
         [
-            (p.id, p.display_name, p.phone, p.language, p.timezone, _local(p.created_at, zone))
+            (p.id, p.display_name, p.phone, p.language, p.timezone, local_time(p.created_at, zone))
             for p in patients
         ],
     )
@@ -207,12 +207,14 @@ def device_enrol(
     if previous is not None and previous.id == enrolment.id:
         click.echo(
             f"device {device_id} is already enrolled to {patient_id} "
-            f"since {_local(enrolment.valid_from, zone)}"
+            f"since {local_time(enrolment.valid_from, zone)}"
         )
         return
-    click.echo(f"device {device_id} enrolled to {patient_id} from {_local(enrolment.valid_from, zone)}")
+    click.echo(f"device {device_id} enrolled to {patient_id} from {local_time(enrolment.valid_from, zone)}")
     if previous is not None:
-        click.echo(f"closed its enrolment to {previous.patient_id} at {_local(enrolment.valid_from, zone)}")
+        click.echo(
+            f"closed its enrolment to {previous.patient_id} at {local_time(enrolment.valid_from, zone)}"
+        )
 
 
 @device.command("unenrol")
@@ -232,7 +234,7 @@ def device_unenrol(ctx: SettingsContext, device_id: str, valid_to: datetime | No
     with _database(ctx.settings) as sessions, sessions.begin() as session:
         closed = admin.end_enrolment(session, device_id=device_id, valid_to=end)
     zone = ZoneInfo(ctx.settings.timezone)
-    click.echo(f"device {device_id} no longer enrolled to {closed.patient_id} from {_local(end, zone)}")
+    click.echo(f"device {device_id} no longer enrolled to {closed.patient_id} from {local_time(end, zone)}")
 
 
 @device.command("list")
@@ -244,7 +246,7 @@ def device_list(ctx: SettingsContext, as_json: bool) -> None:
     with _database(ctx.settings) as sessions, sessions() as session:
         devices = admin.list_devices(session)
     if as_json:
-        _echo_json([_device_json(d) for d in devices])
+        echo_json([_device_json(d) for d in devices])
         return
     zone = ZoneInfo(ctx.settings.timezone)
     rows: list[tuple[str, ...]] = []
@@ -252,9 +254,11 @@ def device_list(ctx: SettingsContext, as_json: bool) -> None:
         if not item.enrolments:
             rows.append((item.id, item.kind, "-", "-", "-"))
         for enrolment in item.enrolments:
-            until = "(current)" if enrolment.valid_to is None else _local(enrolment.valid_to, zone)
-            rows.append((item.id, item.kind, enrolment.patient_id, _local(enrolment.valid_from, zone), until))
-    _echo_table(("DEVICE", "KIND", "PATIENT", "FROM", "TO"), rows)
+            until = "(current)" if enrolment.valid_to is None else local_time(enrolment.valid_to, zone)
+            rows.append(
+                (item.id, item.kind, enrolment.patient_id, local_time(enrolment.valid_from, zone), until)
+            )
+    echo_table(("DEVICE", "KIND", "PATIENT", "FROM", "TO"), rows)
 
 
 # --- quarantine ----------------------------------------------------------------------------------
@@ -279,7 +283,7 @@ def quarantine_list(
     with _database(ctx.settings) as sessions:
         records = Quarantine(sessions).list(limit=limit, reason=reason, device_id=device_id)
     if as_json:
-        _echo_json([_quarantined_json(r) for r in records])
+        echo_json([_quarantined_json(r) for r in records])
         return
     zone = ZoneInfo(ctx.settings.timezone)
     for record in records:
@@ -288,7 +292,7 @@ def quarantine_list(
         shown = text.translate(_CONTROL_ESCAPES)
         shown = shown if len(shown) <= PAYLOAD_PREVIEW else shown[:PAYLOAD_PREVIEW] + "..."
         click.echo(
-            f"{_local(record.received_at, zone)}  {record.reason}  device={record.device_id or '-'}  "
+            f"{local_time(record.received_at, zone)}  {record.reason}  device={record.device_id or '-'}  "
             f"topic={record.topic}"
         )
         click.echo(f"    detail: {record.detail}")
@@ -328,7 +332,7 @@ def status(ctx: SettingsContext, as_json: bool) -> None:
     readings = _readings_status(settings)
     influx_url = settings.influx.url
     if as_json:
-        _echo_json(
+        echo_json(
             {
                 "database": {
                     "url": safe_url(settings.database_url),
@@ -341,7 +345,7 @@ def status(ctx: SettingsContext, as_json: bool) -> None:
                     "url": influx_url,
                     "reachable": readings.error is None,
                     "counts": readings.counts,
-                    "last_measured_at": _iso(readings.last_measured_at),
+                    "last_measured_at": iso_utc(readings.last_measured_at),
                     "error": readings.error,
                 },
             }
@@ -357,7 +361,7 @@ def status(ctx: SettingsContext, as_json: bool) -> None:
         click.echo(f"quarantined: {sum(quarantined.values())}" + (f" ({by_reason})" if by_reason else ""))
         if readings.error is None:
             by_type = ", ".join(f"{kind}: {n}" for kind, n in sorted(readings.counts.items())) or "none"
-            last = _local(readings.last_measured_at, zone) if readings.last_measured_at else "never"
+            last = local_time(readings.last_measured_at, zone) if readings.last_measured_at else "never"
             click.echo(f"readings ({influx_url}): {by_type}; last measured at {last}")
     if readings.error is not None:
         raise CommandError(readings.error)
@@ -387,24 +391,6 @@ def _readings_status(settings: Settings) -> _ReadingsStatus:
 # --- output --------------------------------------------------------------------------------------
 
 
-def _echo_json(value: object) -> None:
-    click.echo(json.dumps(value, ensure_ascii=False, indent=2))
-
-
-def _echo_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
-    for row in (headers, *rows):
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-
-
-def _local(value: datetime, zone: ZoneInfo) -> str:
-    return value.astimezone(zone).isoformat(timespec="seconds")
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat()
-
-
 def _patient_json(item: Patient) -> dict[str, Any]:
     return {
         "id": item.id,
@@ -412,7 +398,7 @@ def _patient_json(item: Patient) -> dict[str, Any]:
         "phone": item.phone,
         "language": item.language,
         "timezone": item.timezone,
-        "created_at": _iso(item.created_at),
+        "created_at": iso_utc(item.created_at),
     }
 
 
@@ -420,12 +406,12 @@ def _device_json(item: Device) -> dict[str, Any]:
     return {
         "id": item.id,
         "kind": item.kind,
-        "created_at": _iso(item.created_at),
+        "created_at": iso_utc(item.created_at),
         "enrolments": [
             {
                 "patient_id": e.patient_id,
-                "valid_from": _iso(e.valid_from),
-                "valid_to": _iso(e.valid_to),
+                "valid_from": iso_utc(e.valid_from),
+                "valid_to": iso_utc(e.valid_to),
                 "current": e.valid_to is None,
             }
             for e in item.enrolments
@@ -437,7 +423,7 @@ def _quarantined_json(record: QuarantinedRecord) -> dict[str, Any]:
     text, encoding = payload_text(record.payload)
     return {
         "id": record.id,
-        "received_at": _iso(record.received_at),
+        "received_at": iso_utc(record.received_at),
         "topic": record.topic,
         "device_id": record.device_id,
         "reason": record.reason,
