@@ -479,18 +479,7 @@ def _send_patient(
         alert_id=alert.id,
         now=now,
     )
-    if not sent:
-        return 0
-    session.add(
-        AlertEvent(
-            alert_id=alert.id,
-            at=now,
-            kind="notified",
-            msg_id=None,
-            detail=f"{_PATIENT_NOTIFIED_PREFIX} {template} ({purpose})",
-        )
-    )
-    return 1
+    return _notified(session, alert, sent, now, f"{_PATIENT_NOTIFIED_PREFIX} {template} ({purpose})")
 
 
 def _send_staff(
@@ -528,17 +517,14 @@ def _send_staff(
         alert_id=alert.id,
         now=now,
     )
-    if not sent:
+    return _notified(session, alert, sent, now, f"staff:{staff.username} {template} ({purpose})")
+
+
+def _notified(session: Session, alert: Alert, enqueued: bool, now: datetime, detail: str) -> int:
+    """Record a `notified` event for a text that was enqueued now (not for a duplicate key)."""
+    if not enqueued:
         return 0
-    session.add(
-        AlertEvent(
-            alert_id=alert.id,
-            at=now,
-            kind="notified",
-            msg_id=None,
-            detail=f"staff:{staff.username} {template} ({purpose})",
-        )
-    )
+    session.add(AlertEvent(alert_id=alert.id, at=now, kind="notified", msg_id=None, detail=detail))
     return 1
 
 
