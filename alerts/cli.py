@@ -5,14 +5,12 @@ Times are shown in the clinic's time zone (RPMGW_TIMEZONE) and accepted as RFC 3
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
-from sqlalchemy.orm import Session, sessionmaker
 
 from alerts import lifecycle, staff, threshold_store
 from alerts.tables import REASON_CODES, STAFF_ROLES, Alert, AlertEvent
@@ -20,10 +18,9 @@ from alerts.thresholds import THRESHOLD_DESCRIPTIONS, Thresholds, load_clinic_th
 from rpmgw.admin import get_patient
 from rpmgw.cli import SettingsContext, pass_settings
 from rpmgw.commands.admin import CommandError, clear_errors, rfc3339
-from rpmgw.db import check_current, make_engine, session_factory
+from rpmgw.db import migrated_sessions
 from rpmgw.models import LANGUAGES
 from rpmgw.output import echo_json, echo_table, iso_utc, local_time
-from rpmgw.settings import Settings
 
 
 def register(cli: click.Group) -> None:
@@ -33,16 +30,6 @@ def register(cli: click.Group) -> None:
     cli.add_command(oncall_group)
     cli.add_command(alerts_group)
     cli.add_command(thresholds_group)
-
-
-@contextmanager
-def _database(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(settings.database_url)
-    try:
-        check_current(engine)
-        yield session_factory(engine)
-    finally:
-        engine.dispose()
 
 
 # --- staff ---------------------------------------------------------------------------------------
@@ -65,7 +52,7 @@ def staff_add(
     ctx: SettingsContext, username: str, display_name: str, phone: str, role: str, language: str
 ) -> None:
     """Add a staff member."""
-    with _database(ctx.settings) as sessions, sessions.begin() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions.begin() as session:
         added = staff.add_staff(
             session, username=username, display_name=display_name, phone=phone, role=role, language=language
         )
@@ -78,7 +65,7 @@ def staff_add(
 @clear_errors
 def staff_list(ctx: SettingsContext, as_json: bool) -> None:
     """List the staff members."""
-    with _database(ctx.settings) as sessions, sessions() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions() as session:
         members = staff.list_staff(session)
     if as_json:
         echo_json(
@@ -107,7 +94,7 @@ def staff_list(ctx: SettingsContext, as_json: bool) -> None:
 @clear_errors
 def staff_deactivate(ctx: SettingsContext, username: str) -> None:
     """Deactivate USERNAME: no more pages, no acknowledgements."""
-    with _database(ctx.settings) as sessions, sessions.begin() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions.begin() as session:
         staff.set_staff_active(session, username, False)
     click.echo(f"staff member {username} deactivated")
 
@@ -118,7 +105,7 @@ def staff_deactivate(ctx: SettingsContext, username: str) -> None:
 @clear_errors
 def staff_activate(ctx: SettingsContext, username: str) -> None:
     """Activate USERNAME again."""
-    with _database(ctx.settings) as sessions, sessions.begin() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions.begin() as session:
         staff.set_staff_active(session, username, True)
     click.echo(f"staff member {username} activated")
 
@@ -137,7 +124,7 @@ def team_group() -> None:
 @clear_errors
 def team_add(ctx: SettingsContext, name: str) -> None:
     """Add a care team called NAME."""
-    with _database(ctx.settings) as sessions, sessions.begin() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions.begin() as session:
         team = staff.add_care_team(session, name)
     click.echo(f"care team {team.name} added")
 
@@ -150,7 +137,7 @@ def team_add(ctx: SettingsContext, name: str) -> None:
 @clear_errors
 def team_member(ctx: SettingsContext, team: str, username: str, responsible: bool) -> None:
     """Put a staff member in TEAM (optionally as its responsible doctor)."""
-    with _database(ctx.settings) as sessions, sessions.begin() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions.begin() as session:
         staff.add_member(session, team, username, responsible=responsible)
     role = " as its responsible doctor" if responsible else ""
     click.echo(f"{username} is in care team {team}{role}")
@@ -163,7 +150,7 @@ def team_member(ctx: SettingsContext, team: str, username: str, responsible: boo
 @clear_errors
 def team_assign(ctx: SettingsContext, team: str, patient_id: str) -> None:
     """Make TEAM the care team of a patient."""
-    with _database(ctx.settings) as sessions, sessions.begin() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions.begin() as session:
         staff.assign_patient(session, patient_id, team)
         doctor = staff.responsible_doctor(session, patient_id)
     name = "none" if doctor is None else doctor.username
@@ -176,7 +163,7 @@ def team_assign(ctx: SettingsContext, team: str, patient_id: str) -> None:
 @clear_errors
 def team_list(ctx: SettingsContext, as_json: bool) -> None:
     """List the care teams with their members and patients."""
-    with _database(ctx.settings) as sessions, sessions() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions() as session:
         teams = staff.list_care_teams(session)
     if as_json:
         echo_json(
@@ -217,7 +204,7 @@ def oncall_group() -> None:
 @clear_errors
 def oncall_add(ctx: SettingsContext, username: str, starts_at: datetime, ends_at: datetime) -> None:
     """Put a doctor on call for a shift."""
-    with _database(ctx.settings) as sessions, sessions.begin() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions.begin() as session:
         staff.add_shift(session, username, starts_at=starts_at, ends_at=ends_at)
     zone = ZoneInfo(ctx.settings.timezone)
     click.echo(f"{username} on call from {local_time(starts_at, zone)} to {local_time(ends_at, zone)}")
@@ -230,7 +217,7 @@ def oncall_add(ctx: SettingsContext, username: str, starts_at: datetime, ends_at
 @clear_errors
 def oncall_list(ctx: SettingsContext, show_all: bool, as_json: bool) -> None:
     """List current and future on-call shifts."""
-    with _database(ctx.settings) as sessions, sessions() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions() as session:
         shifts = staff.list_shifts(session, ending_after=None if show_all else datetime.now(UTC))
     if as_json:
         echo_json(
@@ -270,7 +257,7 @@ def alerts_group() -> None:
 @clear_errors
 def alerts_list(ctx: SettingsContext, as_json: bool, patient_id: str | None, state: str, limit: int) -> None:
     """List alerts, most severe first."""
-    with _database(ctx.settings) as sessions, sessions() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions() as session:
         found = lifecycle.list_alerts(
             session, patient_id=patient_id, state="all" if state == "all" else "open", limit=limit
         )
@@ -320,7 +307,7 @@ def alerts_list(ctx: SettingsContext, as_json: bool, patient_id: str | None, sta
 @clear_errors
 def alerts_show(ctx: SettingsContext, alert_id: int, as_json: bool) -> None:
     """Show ALERT_ID with its history of events."""
-    with _database(ctx.settings) as sessions, sessions() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions() as session:
         alert = lifecycle.get_alert(session, alert_id)
         events = lifecycle.alert_events(session, alert_id)
         ack = lifecycle.acknowledgement_of(session, alert_id)
@@ -367,7 +354,7 @@ def alerts_show(ctx: SettingsContext, alert_id: int, as_json: bool) -> None:
 @clear_errors
 def alerts_ack(ctx: SettingsContext, alert_id: int, username: str, reason: str, note: str) -> None:
     """Acknowledge ALERT_ID (stops its escalation; closes it when it is cleared)."""
-    with _database(ctx.settings) as sessions, sessions.begin() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions.begin() as session:
         lifecycle.acknowledge(
             session, alert_id, by_username=username, reason_code=reason, note=note, now=datetime.now(UTC)
         )
@@ -409,7 +396,7 @@ def thresholds_set(
     if not changes and not unset and not replace:
         raise CommandError("nothing to change: give KEY=VALUE pairs, --unset KEY or --replace")
     clinic = load_clinic_thresholds(ctx.settings.alerts.thresholds_file)
-    with _database(ctx.settings) as sessions, sessions.begin() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions.begin() as session:
         overrides = {} if replace else threshold_store.current_overrides(session, patient_id)
         for key in unset:
             if key not in overrides:
@@ -440,7 +427,7 @@ def thresholds_show(ctx: SettingsContext, patient_id: str | None, as_json: bool)
     if patient_id is None:
         _show_thresholds(clinic, {}, "clinic", [], as_json, ZoneInfo(ctx.settings.timezone))
         return
-    with _database(ctx.settings) as sessions, sessions() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions() as session:
         get_patient(session, patient_id)
         effective, label = threshold_store.thresholds_for(session, [patient_id], clinic)[patient_id]
         versions = threshold_store.history(session, patient_id)

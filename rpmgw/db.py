@@ -214,3 +214,15 @@ def check_current(engine: Engine) -> None:
 
 def _reason(exc: OperationalError) -> str:
     return str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+
+
+@contextmanager
+def migrated_sessions(url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on a database that must be migrated already (else `DatabaseNotMigrated`); the engine
+    is disposed on leaving (for short-lived commands)."""
+    engine = make_engine(url)
+    try:
+        check_current(engine)
+        yield session_factory(engine)
+    finally:
+        engine.dispose()

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from zoneinfo import ZoneInfo
 
 import click
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
 from alerts.notify.delivery import Delivery
 from alerts.notify.notifier import build_notifier
@@ -19,9 +17,8 @@ from alerts.notify.outbox import enqueue, list_outbox, opt_in, opt_out
 from alerts.notify.tables import OutboxMessage, OutboxStatus, RecipientKind
 from rpmgw.cli import SettingsContext, pass_settings
 from rpmgw.commands.admin import clear_errors
-from rpmgw.db import check_current, make_engine, session_factory
+from rpmgw.db import migrated_sessions
 from rpmgw.models import LANGUAGES, utcnow
-from rpmgw.settings import Settings
 from rpmgw.validation import PHONE_PATTERN
 
 BODY_PREVIEW = 60
@@ -30,16 +27,6 @@ BODY_PREVIEW = 60
 def register(cli: click.Group) -> None:
     """Add `rpmgw sms` to the `rpmgw` group."""
     cli.add_command(sms)
-
-
-@contextmanager
-def _database(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(settings.database_url)
-    try:
-        check_current(engine)
-        yield session_factory(engine)
-    finally:
-        engine.dispose()
 
 
 def _phone(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -70,7 +57,7 @@ def sms_list(
     ctx: SettingsContext, statuses: Sequence[str], patient_id: str | None, limit: int, as_json: bool
 ) -> None:
     """List the newest texts first."""
-    with _database(ctx.settings) as sessions, sessions() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions() as session:
         entries = list_outbox(session, status=list(statuses) or None, patient_id=patient_id, limit=limit)
     if as_json:
         click.echo(json.dumps([e.to_json() for e in entries], ensure_ascii=False, indent=2))
@@ -105,7 +92,7 @@ def sms_list(
 def send_test(ctx: SettingsContext, phone: str, language: str) -> None:
     """Send a test text through the configured back end now (it is kept in the outbox like any other)."""
     settings = ctx.settings
-    with _database(settings) as sessions:
+    with migrated_sessions(settings.database_url) as sessions:
         key = f"test:{uuid.uuid4()}"
         with sessions.begin() as session:
             enqueue(
@@ -142,7 +129,7 @@ def send_test(ctx: SettingsContext, phone: str, language: str) -> None:
 @clear_errors
 def sms_opt_out(ctx: SettingsContext, phone: str) -> None:
     """Stop all texts to PHONE (as if it had replied STOP)."""
-    with _database(ctx.settings) as sessions, sessions.begin() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions.begin() as session:
         changed = opt_out(session, phone, source="admin", now=utcnow())
     click.echo(f"{phone} opted out" if changed else f"{phone} was already opted out")
 
@@ -153,6 +140,6 @@ def sms_opt_out(ctx: SettingsContext, phone: str) -> None:
 @clear_errors
 def sms_opt_in(ctx: SettingsContext, phone: str) -> None:
     """Allow texts to PHONE again (as if it had replied START)."""
-    with _database(ctx.settings) as sessions, sessions.begin() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions.begin() as session:
         changed = opt_in(session, phone)
     click.echo(f"{phone} may receive texts again" if changed else f"{phone} was not opted out")

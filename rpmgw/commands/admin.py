@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import wraps
@@ -12,12 +11,17 @@ from typing import IO, Any, Final, ParamSpec, TypeVar
 from zoneinfo import ZoneInfo
 
 import click
-from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.quarantine import Quarantine, QuarantinedRecord
 from rpmgw import admin
 from rpmgw.cli import SettingsContext, pass_settings
-from rpmgw.db import check_current, current_revision, make_engine, safe_url, session_factory, upgrade
+from rpmgw.db import (
+    current_revision,
+    make_engine,
+    migrated_sessions,
+    safe_url,
+    upgrade,
+)
 from rpmgw.errors import RpmgwError
 from rpmgw.models import DEFAULT_TIMEZONE, DEVICE_KINDS, LANGUAGES, Device, Patient
 from rpmgw.output import echo_json, echo_table, iso_utc, local_time
@@ -71,16 +75,6 @@ def rfc3339(ctx: click.Context, param: click.Parameter, value: str | None) -> da
     return parsed
 
 
-@contextmanager
-def _database(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(settings.database_url)
-    try:
-        check_current(engine)
-        yield session_factory(engine)
-    finally:
-        engine.dispose()
-
-
 def register(cli: click.Group) -> None:
     """Add the admin commands to the `rpmgw` group."""
     cli.add_command(db)
@@ -118,7 +112,7 @@ def db_upgrade(ctx: SettingsContext) -> None:
 @clear_errors
 def db_check(ctx: SettingsContext) -> None:
     """Exit non-zero unless the database schema is current."""
-    with _database(ctx.settings):
+    with migrated_sessions(ctx.settings.database_url):
         click.echo(f"database {safe_url(ctx.settings.database_url)} is current")
 
 
@@ -142,7 +136,7 @@ def patient_add(
     ctx: SettingsContext, patient_id: str, display_name: str, phone: str, language: str, timezone: str
 ) -> None:
     """Add a patient."""
-    with _database(ctx.settings) as sessions, sessions.begin() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions.begin() as session:
         added = admin.add_patient(
             session,
             patient_id=patient_id,
@@ -160,7 +154,7 @@ def patient_add(
 @clear_errors
 def patient_list(ctx: SettingsContext, as_json: bool) -> None:
     """List the patients."""
-    with _database(ctx.settings) as sessions, sessions() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions() as session:
         patients = admin.list_patients(session)
     if as_json:
         echo_json([_patient_json(p) for p in patients])
@@ -198,7 +192,7 @@ def device_enrol(
     """Enrol DEVICE_ID to a patient, closing its previous enrolment at that moment."""
     start = valid_from or datetime.now(UTC)
     zone = ZoneInfo(ctx.settings.timezone)
-    with _database(ctx.settings) as sessions, sessions.begin() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions.begin() as session:
         before = admin.list_enrolments(session, device_id)
         previous = next((e for e in before if e.valid_to is None), None)
         enrolment = admin.enrol_device(
@@ -231,7 +225,7 @@ def device_enrol(
 def device_unenrol(ctx: SettingsContext, device_id: str, valid_to: datetime | None) -> None:
     """Close DEVICE_ID's open enrolment (the device was returned)."""
     end = valid_to or datetime.now(UTC)
-    with _database(ctx.settings) as sessions, sessions.begin() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions.begin() as session:
         closed = admin.end_enrolment(session, device_id=device_id, valid_to=end)
     zone = ZoneInfo(ctx.settings.timezone)
     click.echo(f"device {device_id} no longer enrolled to {closed.patient_id} from {local_time(end, zone)}")
@@ -243,7 +237,7 @@ def device_unenrol(ctx: SettingsContext, device_id: str, valid_to: datetime | No
 @clear_errors
 def device_list(ctx: SettingsContext, as_json: bool) -> None:
     """List the devices with their enrolment history."""
-    with _database(ctx.settings) as sessions, sessions() as session:
+    with migrated_sessions(ctx.settings.database_url) as sessions, sessions() as session:
         devices = admin.list_devices(session)
     if as_json:
         echo_json([_device_json(d) for d in devices])
@@ -280,7 +274,7 @@ def quarantine_list(
     ctx: SettingsContext, as_json: bool, reason: str | None, device_id: str | None, limit: int
 ) -> None:
     """List quarantined messages, newest first."""
-    with _database(ctx.settings) as sessions:
+    with migrated_sessions(ctx.settings.database_url) as sessions:
         records = Quarantine(sessions).list(limit=limit, reason=reason, device_id=device_id)
     if as_json:
         echo_json([_quarantined_json(r) for r in records])
@@ -325,7 +319,7 @@ class _ReadingsStatus:
 def status(ctx: SettingsContext, as_json: bool) -> None:
     """Readings stored, quarantined messages, patients, devices and enrolments."""
     settings = ctx.settings
-    with _database(settings) as sessions:
+    with migrated_sessions(settings.database_url) as sessions:
         with sessions() as session:
             counts = admin.database_counts(session)
         quarantined = Quarantine(sessions).counts_by_reason()
