@@ -46,11 +46,13 @@ def _register() -> None:
     from alerts.notify.cli import register as register_sms
     from device_sim.cli import sim
     from rpmgw.commands.admin import register as register_admin
+    from rpmgw.commands.broker import register as register_broker
     from rpmgw.commands.run import register as register_run
     from web.cli import register as register_users
 
     cli.add_command(sim)
     register_admin(cli)
+    register_broker(cli)
     register_run(cli)
     register_alerts(cli)
     register_sms(cli)

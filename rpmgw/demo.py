@@ -96,7 +96,7 @@ class Demo:
             click.echo(f"starting InfluxDB 1.x on 127.0.0.1:{self.options.influx_port} ...")
             influx = InfluxServer.start(self.base / "influxdb", http_port=self.options.influx_port)
             self._write_pid("influxd", influx.process.pid)
-            env = self._child_env(influx.url)
+            env = {**self._child_env(influx.url), **mosquitto.client_env(mosquitto.gateway_credentials)}
             settings = load_settings(
                 data_dir=self.base,
                 mqtt={"port": self.options.mqtt_port},
@@ -119,7 +119,7 @@ class Demo:
                     "--faults",
                     "malformed=0.02,duplicate=0.02,censored=0.01",
                 ],
-                env,
+                {**env, **mosquitto.client_env(mosquitto.publisher_credentials)},
             )
             # The worker's no-data and silent-device rules would fire for devices enrolled "long ago"
             # that simply have not sent their first demo reading yet: start it once every device spoke.

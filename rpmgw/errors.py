@@ -11,3 +11,7 @@ class SettingsError(RpmgwError):
 
 class ServerStartError(RpmgwError):
     """A helper server (Mosquitto, InfluxDB) could not be started; the message says why and where its log is."""
+
+
+class BrokerAccountError(RpmgwError):
+    """A Mosquitto account could not be written to the password file; the message names the file."""

@@ -17,6 +17,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from rpmgw.broker_accounts import Credentials
+from rpmgw.servers.mosquitto import find_running
+
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
     """Poll `condition` until it is true; fail with `what` after `timeout` seconds."""
@@ -47,11 +50,30 @@ def bp_payload(
     }
 
 
-def publish_all(host: str, port: int, messages: Iterable[tuple[str, bytes]], timeout: float = 60) -> int:
-    """Publish (topic, payload) pairs at QoS 1 and wait for every PUBACK; returns how many."""
+def publisher_credentials(port: int) -> Credentials | None:
+    """The publisher account of our broker on `port` (None for a broker not started by this process)."""
+    server = find_running(port)
+    return server.publisher_credentials if server is not None else None
+
+
+def publish_all(
+    host: str,
+    port: int,
+    messages: Iterable[tuple[str, bytes]],
+    timeout: float = 60,
+    *,
+    credentials: Credentials | None = None,
+) -> int:
+    """Publish (topic, payload) pairs at QoS 1 and wait for every PUBACK; returns how many.
+
+    Logs in as `credentials`, by default as the publisher account of our broker on `port`.
+    """
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"test-pub-{uuid.uuid4()}"
     )
+    account = credentials or publisher_credentials(port)
+    if account is not None:
+        client.username_pw_set(account.username, account.password)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     client.connect(host, port)

@@ -99,6 +99,8 @@ def _clinic(
     env = {
         "RPMGW_MQTT__HOST": broker.host,
         "RPMGW_MQTT__PORT": str(broker.port),
+        "RPMGW_MQTT__USERNAME": broker.gateway_credentials.username,
+        "RPMGW_MQTT__PASSWORD": broker.gateway_credentials.password,
         "RPMGW_MQTT__CLIENT_ID": f"gw-{uuid.uuid4().hex[:8]}",
         "RPMGW_INFLUX__URL": influx.url,
         "RPMGW_INFLUX__DATABASE": f"alerts_{uuid.uuid4().hex[:12]}",

@@ -84,6 +84,8 @@ def deployment(
     env = {
         "RPMGW_MQTT__HOST": mosquitto_broker.host,
         "RPMGW_MQTT__PORT": str(mosquitto_broker.port),
+        "RPMGW_MQTT__USERNAME": mosquitto_broker.gateway_credentials.username,
+        "RPMGW_MQTT__PASSWORD": mosquitto_broker.gateway_credentials.password,
         "RPMGW_MQTT__CLIENT_ID": f"gw-{uuid.uuid4().hex[:8]}",
         "RPMGW_INFLUX__URL": influx_server.url,
         "RPMGW_INFLUX__DATABASE": database,
@@ -136,7 +138,11 @@ def test_simulated_patients_end_to_end(deployment: Deployment) -> None:
                 "--manifest",
                 str(manifest_path),
             ],
-            env={**os.environ, **deployment.env},
+            env={
+                **os.environ,
+                **deployment.env,
+                **deployment.broker.client_env(deployment.broker.publisher_credentials),
+            },
             capture_output=True,
             text=True,
             timeout=300,

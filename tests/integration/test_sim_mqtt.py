@@ -24,6 +24,7 @@ from device_sim.faults import FaultKind
 from device_sim.run import SimConfig, SimReport, run_simulation
 from gateway.wire import Rejection, device_from_topic, parse
 from rpmgw.admin import list_enrolments, list_patients
+from rpmgw.broker_accounts import Credentials
 from rpmgw.servers import free_port
 from rpmgw.settings import MqttSettings
 from tests.fixtures.db import MigratedDb
@@ -41,11 +42,12 @@ class Received:
 class Collector:
     """A paho subscriber recording every reading and status message, with a condition to wait on."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, credentials: Credentials) -> None:
         self.messages: list[Received] = []
         self._changed = threading.Condition()
         self._subscribed = False
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"collector-{uuid.uuid4().hex[:8]}")
+        self.client.username_pw_set(credentials.username, credentials.password)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
@@ -89,7 +91,7 @@ class Collector:
 
 @pytest.fixture
 def collector(mosquitto_broker: Any) -> Iterator[Collector]:
-    subscriber = Collector(mosquitto_broker.host, mosquitto_broker.port)
+    subscriber = Collector(mosquitto_broker.host, mosquitto_broker.port, mosquitto_broker.gateway_credentials)
     try:
         yield subscriber
     finally:
@@ -97,7 +99,10 @@ def collector(mosquitto_broker: Any) -> Iterator[Collector]:
 
 
 def _mqtt(broker: Any) -> MqttSettings:
-    return MqttSettings(host=broker.host, port=broker.port)
+    account = broker.publisher_credentials
+    return MqttSettings(
+        host=broker.host, port=broker.port, username=account.username, password=account.password
+    )
 
 
 def _manifest(path: Path) -> list[dict[str, Any]]:
@@ -224,6 +229,8 @@ def test_cli_enrols_the_patients_once_and_publishes(
     env = {
         "RPMGW_MQTT__HOST": mosquitto_broker.host,
         "RPMGW_MQTT__PORT": str(mosquitto_broker.port),
+        "RPMGW_MQTT__USERNAME": mosquitto_broker.publisher_credentials.username,
+        "RPMGW_MQTT__PASSWORD": mosquitto_broker.publisher_credentials.password,
         "RPMGW_DATABASE__URL": migrated_db.url,
         "RPMGW_DATA_DIR": str(tmp_path),
     }

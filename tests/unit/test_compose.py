@@ -95,7 +95,9 @@ def test_every_command_is_an_rpmgw_command(compose: dict[str, Any], service: str
     ctx = click.Context(cli)
     while isinstance(command, click.Group) and words and not words[0].startswith("-"):
         sub = command.get_command(ctx, words.pop(0))
-        assert sub is not None, f"{service}: `rpmgw {' '.join(compose['services'][service]['command'])}` does not exist"
+        assert sub is not None, (
+            f"{service}: `rpmgw {' '.join(compose['services'][service]['command'])}` does not exist"
+        )
         command = sub
     assert not isinstance(command, click.Group), f"{service}: command names a group, not a command"
     options = {opt for param in command.params for opt in getattr(param, "opts", [])}
@@ -160,3 +162,49 @@ def test_web_port_is_published(compose: dict[str, Any]) -> None:
     port = _env(web)["RPMGW_WEB__PORT"]
     assert f"{port}:{port}" in web["ports"]
     assert _env(web)["RPMGW_WEB__HOST"] == "0.0.0.0"
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    return {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
+
+
+def test_broker_refuses_anonymous_clients_and_uses_the_shipped_acl(
+    compose: dict[str, Any], broker_conf: dict[str, list[str]]
+) -> None:
+    assert broker_conf["allow_anonymous"] == ["false"]
+    mounts = _mounts(compose["services"]["mosquitto"])
+    assert mounts[broker_conf["acl_file"][0]] == "./mosquitto.acl"
+    assert (ROOT / "mosquitto.acl").is_file()
+    accounts_dir = str(Path(broker_conf["password_file"][0]).parent)
+    assert mounts.get(accounts_dir) in compose["volumes"], "the password file is on no named volume"
+
+
+def test_the_rpmgw_cli_writes_the_password_file_the_broker_reads(
+    compose: dict[str, Any], broker_conf: dict[str, list[str]]
+) -> None:
+    # `docker compose run gateway device credentials ...` writes <data dir>/mosquitto/passwords.
+    gateway = compose["services"]["gateway"]
+    data_dir = _env(gateway)["RPMGW_DATA_DIR"]
+    broker_accounts = _mounts(compose["services"]["mosquitto"])[
+        str(Path(broker_conf["password_file"][0]).parent)
+    ]
+    assert _mounts(gateway)[f"{data_dir}/mosquitto"] == broker_accounts
+    assert Path(broker_conf["password_file"][0]).name == "passwords"
+
+
+@pytest.mark.parametrize(("service", "username"), [("gateway", "rpmgw-gateway"), ("simulator", "rpmgw-sim")])
+def test_mqtt_clients_log_in_with_a_password_from_the_environment(
+    compose: dict[str, Any], service: str, username: str
+) -> None:
+    raw = compose["services"][service]["environment"]
+    assert raw["RPMGW_MQTT__USERNAME"] == username
+    assert re.fullmatch(r"\$\{RPMGW_MQTT_[A-Z]+_PASSWORD:-\}", raw["RPMGW_MQTT__PASSWORD"]), (
+        "no secret in the file"
+    )
+    acl = (ROOT / "mosquitto.acl").read_text()
+    assert re.search(rf"^user {username}$", acl, re.MULTILINE)
+
+
+def test_no_secret_is_committed_next_to_the_broker_config() -> None:
+    for name in ("mosquitto.conf", "mosquitto.acl", "docker-compose.yml"):
+        assert "$7$" not in (ROOT / name).read_text(), f"{name} holds a password hash"

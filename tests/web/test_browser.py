@@ -165,6 +165,8 @@ def test_doctor_handles_an_alert_from_mqtt_to_acknowledgement(
         "RPMGW_DATABASE__URL": db_url,
         "RPMGW_MQTT__HOST": mosquitto_broker.host,
         "RPMGW_MQTT__PORT": str(mosquitto_broker.port),
+        "RPMGW_MQTT__USERNAME": mosquitto_broker.gateway_credentials.username,
+        "RPMGW_MQTT__PASSWORD": mosquitto_broker.gateway_credentials.password,
         "RPMGW_MQTT__CLIENT_ID": f"gw-{uuid.uuid4().hex[:8]}",
         "RPMGW_INFLUX__URL": influx_server.url,
         "RPMGW_INFLUX__DATABASE": influx_settings.database,
