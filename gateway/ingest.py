@@ -15,6 +15,7 @@ from datetime import datetime
 from gateway.errors import StorageRejected
 from gateway.mqtt import InboundMessage
 from gateway.quarantine import Quarantine, QuarantineEntry
+from gateway.ratelimit import DeviceRateLimiter
 from gateway.registry import EnrolmentRegistry
 from gateway.timeseries.base import ReadingStore, StoredReading
 from gateway.wire import Reading, Rejection, WireLimits, parse, quality_flags
@@ -48,7 +49,11 @@ class IngestPipeline:
         limits: WireLimits,
         clock: Callable[[], datetime],
         after_store: Callable[[Sequence[StoredReading]], object] | None = None,
+        rate_limiter: DeviceRateLimiter | None = None,
     ) -> None:
+        self._rate_limiter = rate_limiter
+        # The batch last limited and its verdicts: a retried batch must not be charged (and judged) twice.
+        self._limited_batch: tuple[Sequence[InboundMessage], dict[int, bool]] | None = None
         self._after_store = after_store
         self._store = store
         self._registry = registry
@@ -59,7 +64,7 @@ class IngestPipeline:
     def process(self, batch: Sequence[InboundMessage]) -> BatchResult:
         """Store what is valid and enrolled, quarantine the rest; raises if either cannot be written."""
         result = BatchResult()
-        decoded = self._decode(batch, result)
+        decoded = self._limit(batch, self._decode(batch, result), result)
         resolved = self._resolve(decoded, result)
         self._write(resolved, result)
         if self._after_store is not None and result.stored:
@@ -79,6 +84,28 @@ class IngestPipeline:
             else:
                 decoded.append(_Decoded(message, outcome))
         return decoded
+
+    def _limit(
+        self, batch: Sequence[InboundMessage], decoded: list[_Decoded], result: BatchResult
+    ) -> list[_Decoded]:
+        """Quarantine readings over their device's rate limit (same verdicts when a batch is retried)."""
+        if self._rate_limiter is None:
+            return decoded
+        if self._limited_batch is None or self._limited_batch[0] is not batch:
+            self._limited_batch = (batch, {})
+        verdicts = self._limited_batch[1]  # keyed by id(message): the batch is held, so ids are stable
+        kept = []
+        for item in decoded:
+            allowed = verdicts.get(id(item.message))
+            if allowed is None:
+                allowed = verdicts[id(item.message)] = self._rate_limiter.allow(item.reading.device_id)
+            if allowed:
+                kept.append(item)
+            else:
+                device_id = item.reading.device_id
+                detail = f"device {device_id} exceeded its rate limit; reading kept here, not stored"
+                result.quarantined.append(_entry(item.message, "rate_limited", detail, device_id))
+        return kept
 
     def _resolve(
         self, decoded: list[_Decoded], result: BatchResult

@@ -104,8 +104,9 @@ class GatewaySettings(BaseModel):
     storage_retry_max_delay: float = Field(default=30.0, gt=0)
     # Per-device token bucket (readings per second, burst); over it: quarantined as "rate_limited".
     # The burst covers a monitor emptying its offline buffer after days without a connection.
-    rate_limit_per_second: float = Field(default=2.0, ge=0)  # 0: no rate limit
-    rate_limit_burst: int = Field(default=500, ge=1)
+    # Defaults let a load test or a clinic-wide backfill through one device id; tighten per deployment.
+    rate_limit_per_second: float = Field(default=20.0, ge=0)  # 0: no rate limit
+    rate_limit_burst: int = Field(default=25_000, ge=1)
     rate_limit_devices: int = Field(default=200_000, ge=1)  # LRU of devices tracked (bounded memory)
     # /healthz, /readyz and /metrics of the gateway process on 0.0.0.0:port (0: none).
     health_port: int = Field(default=0, ge=0, le=65535)
