@@ -19,10 +19,12 @@ from datetime import UTC, datetime, timedelta
 from alerts.engine import AlertEngine, AlertStoreUnavailable
 from alerts.history import RecentReadings
 from alerts.thresholds import load_clinic_thresholds
+from gateway.brokerwatch import BrokerDropWatch
 from gateway.errors import StorageError, StorageUnavailable
 from gateway.ingest import IngestPipeline
 from gateway.mqtt import InboundMessage, MqttConsumer
 from gateway.quarantine import Quarantine, QuarantineUnavailable
+from gateway.ratelimit import DeviceRateLimiter
 from gateway.registry import EnrolmentRegistry, RegistryUnavailable
 from gateway.timeseries import open_store
 from gateway.timeseries.base import ReadingStore
@@ -65,7 +67,9 @@ class Gateway:
         batch_max_wait: float,
         queue_size: int,
         retry_max_delay: float = 30.0,
+        drop_watch: BrokerDropWatch | None = None,
     ) -> None:
+        self.drop_watch = drop_watch  # the broker's silent queue drops, logged as errors
         self._queue: queue.Queue[InboundMessage] = queue.Queue(maxsize=queue_size)
         self._consumer = consumer_factory(self._queue.put)
         self._pipeline = pipeline
@@ -87,6 +91,8 @@ class Gateway:
     def run(self) -> None:
         """Connect and process batches until `stop()`."""
         self._consumer.start()
+        if self.drop_watch is not None:
+            self.drop_watch.start()
         last_report = time.monotonic()
         try:
             while not self._stopping.is_set():
@@ -106,6 +112,8 @@ class Gateway:
             log.info("stopped: flushed the batch in hand and %d queued readings", self.stats.received)
         finally:
             self._consumer.stop()
+            if self.drop_watch is not None:
+                self.drop_watch.stop()
             self._report()
 
     def _collect(self) -> list[InboundMessage]:
@@ -212,6 +220,7 @@ def build_gateway(settings: Settings, *, stop: threading.Event | None = None) ->
         ),
         clock=utc_now,
         after_store=alert_engine.evaluate,
+        rate_limiter=_rate_limiter(settings),
     )
     return Gateway(
         consumer_factory=lambda deliver: MqttConsumer(settings.mqtt, deliver),
@@ -221,6 +230,19 @@ def build_gateway(settings: Settings, *, stop: threading.Event | None = None) ->
         # Twice the Receive Maximum: after a reconnect the old connection's messages may still be queued.
         queue_size=2 * settings.mqtt.receive_maximum,
         retry_max_delay=settings.gateway.storage_retry_max_delay,
+        drop_watch=BrokerDropWatch(settings.mqtt),
+    )
+
+
+def _rate_limiter(settings: Settings) -> DeviceRateLimiter | None:
+    gateway = settings.gateway
+    if gateway.rate_limit_per_second == 0:
+        return None
+    return DeviceRateLimiter(
+        rate_per_second=gateway.rate_limit_per_second,
+        burst=gateway.rate_limit_burst,
+        max_devices=gateway.rate_limit_devices,
+        clock=time.monotonic,
     )
 
 
