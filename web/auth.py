@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, flash, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext
 
@@ -99,12 +99,13 @@ def account() -> ResponseReturnValue:
 def change_language() -> ResponseReturnValue:
     """Switch the interface language (kept on the staff member, so it follows them)."""
     language = request.form.get("language", "")
-    if language in LANGUAGES:
-        staff = current_staff()
-        if staff.language != language:
-            staff.language = language
-            record("change_language", detail=language)
-            commit()
+    if language not in LANGUAGES:
+        abort(400)
+    staff = current_staff()
+    if staff.language != language:
+        staff.language = language
+        record("change_language", detail=language)
+        commit()
     return redirect(_safe_next(request.form.get("next")) or url_for("home"))
 
 

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Final
 
 from flask import Flask, Response, request
+from flask_babel import gettext
 from flask_wtf.csrf import CSRFProtect
+from werkzeug.exceptions import BadRequest
 
 from rpmgw.settings import Settings
 
@@ -35,6 +37,9 @@ CSP: Final = "; ".join(
     )
 )
 UNSAFE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# No form field or JSON string of ours needs more (notes, reasons, names); longer ones are refused
+# before any handler sees them, so that no column overflows into a server error.
+MAX_FIELD_CHARS: Final = 2000
 
 csrf = CSRFProtect()
 
@@ -75,7 +80,44 @@ def configure(app: Flask, settings: Settings) -> None:
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
     csrf.init_app(app)
+    app.before_request(check_field_sizes)
     app.after_request(add_headers)
+
+
+class FieldTooLong(BadRequest):
+    """A form field or JSON string over MAX_FIELD_CHARS; the description names the field."""
+
+    readable = True
+
+
+def check_field_sizes() -> None:
+    """Refuse (400, with the field's name) any form field or JSON string longer than MAX_FIELD_CHARS."""
+    if request.method not in UNSAFE_METHODS:
+        return
+    fields: list[tuple[str, object]] = list(request.form.items(multi=True))
+    if request.is_json:
+        fields += _json_strings(request.get_json(silent=True), "")
+    for name, value in fields:
+        if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
+            raise FieldTooLong(
+                gettext(
+                    "The field “%(name)s” is too long: at most %(n)d characters.",
+                    name=name,
+                    n=MAX_FIELD_CHARS,
+                )
+            )
+
+
+def _json_strings(value: object, path: str) -> list[tuple[str, object]]:
+    if isinstance(value, dict):
+        return [
+            item for key, inner in value.items() for item in _json_strings(inner, f"{path}.{key}".strip("."))
+        ]
+    if isinstance(value, list):
+        return [
+            item for index, inner in enumerate(value) for item in _json_strings(inner, f"{path}[{index}]")
+        ]
+    return [(path, value)]
 
 
 def check_csrf() -> None:
