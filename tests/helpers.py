@@ -76,9 +76,16 @@ def publish_all(
         client.username_pw_set(account.username, account.password)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
+    connack: list[Any] = []
+    client.on_connect = lambda _client, _userdata, _flags, reason, _props: connack.append(reason)
     client.connect(host, port)
     client.loop_start()
     try:
+        # A refused login would otherwise show up only as missing PUBACKs after `timeout`.
+        wait_until(lambda: bool(connack), timeout, f"a CONNACK from {host}:{port}")
+        assert not connack[0].is_failure, (
+            f"the broker refused the login of {account and account.username}: {connack[0]}"
+        )
         infos = []
         for topic, payload in messages:
             info = client.publish(topic, payload, qos=1)

@@ -425,3 +425,29 @@ def test_a_client_trusting_another_ca_refuses_the_broker(
     client.tls_set(ca_certs=str(other_ca))
     with pytest.raises(ssl.SSLCertVerificationError):
         client.connect("127.0.0.1", broker.tls_port)
+
+
+def test_publish_all_fails_at_once_when_its_login_is_refused(mosquitto_broker: MosquittoServer) -> None:
+    wrong = Credentials(username="rpmgw-sim", password="not the password")
+    with pytest.raises(AssertionError, match="refused the login of rpmgw-sim"):
+        publish_all(
+            mosquitto_broker.host,
+            mosquitto_broker.port,
+            [(readings_topic("BP-X-1"), b"r")],
+            5,
+            credentials=wrong,
+        )
+
+
+def test_the_gateway_account_reads_the_dropped_messages_counter_and_nothing_else_of_sys(
+    tmp_path: Path, clients: list[Client]
+) -> None:
+    with MosquittoServer.start(tmp_path / "mosquitto", extra_config="sys_interval 1\n") as broker:
+        gateway = _client(clients, broker.gateway_credentials)
+        assert not gateway.connect(broker.port).is_failure
+        # $SYS values are retained and sent on SUBACK in filter order: the broad filter's would come first.
+        gateway.subscribe("$SYS/#", "$SYS/broker/publish/messages/dropped")
+
+        wait_until(lambda: bool(gateway.received()), DEADLINE, "the dropped-messages counter")
+        assert gateway.received()[0] == ("$SYS/broker/publish/messages/dropped", b"0")
+        assert {topic for topic, _ in gateway.received()} == {"$SYS/broker/publish/messages/dropped"}
