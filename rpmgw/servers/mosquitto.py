@@ -152,11 +152,8 @@ class MosquittoServer:
         return account
 
     def reload(self, timeout: float = 10.0) -> None:
-        """SIGHUP: re-read the password and ACL files; returns once the broker logged the reload.
-
-        Mosquitto drops connections that are mid-handshake during a reload (they look anonymous),
-        so connect only after this returns; devices in the field simply reconnect.
-        """
+        """SIGHUP: re-read the password and ACL files; returns once the broker logged the reload,
+        so that an account added before works from then on (the signal alone is asynchronous)."""
         before = self._reload_count()
         self.process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + timeout

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from rpmgw.broker_accounts import Credentials, set_password
+from rpmgw.broker_accounts import Credentials, remove_account, set_password
 from rpmgw.cli import _register, cli
 from rpmgw.servers.mosquitto import MosquittoServer, TlsFiles
 from tests.helpers import publish_all, readings_topic, wait_until
@@ -451,3 +451,18 @@ def test_the_gateway_account_reads_the_dropped_messages_counter_and_nothing_else
         wait_until(lambda: bool(gateway.received()), DEADLINE, "the dropped-messages counter")
         assert gateway.received()[0] == ("$SYS/broker/publish/messages/dropped", b"0")
         assert {topic for topic, _ in gateway.received()} == {"$SYS/broker/publish/messages/dropped"}
+
+
+def test_a_removed_device_is_disconnected_by_the_reload_and_cannot_come_back(
+    mosquitto_broker: MosquittoServer, clients: list[Client]
+) -> None:
+    lost = mosquitto_broker.add_account("BP-LOST-0001")
+    device = _connect(mosquitto_broker, clients, lost)
+    stays = _device(mosquitto_broker, clients, "BP-KEPT-0001")
+
+    assert remove_account(mosquitto_broker.password_file, "BP-LOST-0001")
+    mosquitto_broker.reload()
+
+    wait_until(lambda: not device.client.is_connected(), DEADLINE, "the lost device disconnected")
+    assert _client(clients, lost).connect(mosquitto_broker.port).is_failure
+    stays.publish(readings_topic("BP-KEPT-0001"), b"still here")
