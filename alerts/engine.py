@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,9 +21,11 @@ from alerts.history import RecentReadings
 from alerts.lifecycle import ApplyResult, apply
 from alerts.model import Decision, ReadingView
 from alerts.rules import evaluate
+from alerts.tables import Alert
 from alerts.threshold_store import thresholds_for
 from alerts.thresholds import Thresholds
 from alerts.timerules import record_activity
+from gateway import metrics
 from gateway.errors import GatewayError
 from gateway.timeseries.base import StoredReading
 from rpmgw.settings import AlertsSettings
@@ -87,8 +90,10 @@ class AlertEngine:
                     ],
                     now,
                 )
+                opened = _rules_and_severities(session, applied.opened)
         except DBAPIError as exc:
             raise AlertStoreUnavailable(f"could not record alerts: {str(exc.orig)[:300]}") from exc
+        metrics.record_alerts_opened(opened)
         return EngineResult(decisions, applied)
 
     def _decide(
@@ -122,3 +127,11 @@ class AlertEngine:
                     )
                 )
         return decisions
+
+
+def _rules_and_severities(session: Session, alert_ids: Sequence[int]) -> list[tuple[str, str]]:
+    """(rule, severity) of newly opened alerts, for the metrics (one query, only when any opened)."""
+    if not alert_ids:
+        return []
+    rows = session.execute(select(Alert.rule, Alert.severity).where(Alert.id.in_(alert_ids)))
+    return [(rule, severity) for rule, severity in rows]

@@ -12,13 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from alerts.notify.delivery import Delivery
+from alerts.notify.delivery import Delivery, DeliveryReport
+from alerts.tables import Alert
 from alerts.threshold_store import thresholds_for
 from alerts.thresholds import Thresholds
 from alerts.timerules import run_time_rules
+from gateway import metrics
 from rpmgw.settings import AlertsSettings
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,8 @@ class Worker:
         self._clock = clock
         self._stop = threading.Event()
         self.stats = WorkerStats()
+        # Acknowledgements up to here are in the time-to-acknowledge histogram (start: now).
+        self._acks_seen_until: datetime | None = None
 
     def stop(self) -> None:
         """Finish the current tick, then return from `run`."""
@@ -64,7 +69,9 @@ class Worker:
         while not self._stop.is_set():
             try:
                 self.tick()
+                metrics.WORKER_TICKS.labels(outcome="ok").inc()
             except DBAPIError as exc:
+                metrics.WORKER_TICKS.labels(outcome="failed").inc()
                 self.stats.failed_ticks += 1
                 log.warning(
                     "worker tick failed (%s); trying again in %.0f s",
@@ -91,9 +98,34 @@ class Worker:
         # Bounded: a tick never spins on rows that keep coming back (they have their own backoff).
         for _ in range(MAX_DELIVERY_ROUNDS_PER_TICK):
             delivered = self._delivery.run_once()
+            _count_texts(delivered)
             self.stats.sent += delivered.sent
             if delivered.total:
                 log.info("texts: %s", delivered)
             if delivered.total == 0 or self._stop.is_set():
                 break
+        self._observe_acknowledgements(now)
         self.stats.ticks += 1
+
+    def _observe_acknowledgements(self, now: datetime) -> None:
+        """Put alerts acknowledged since the last tick into the time-to-acknowledge histogram."""
+        since, self._acks_seen_until = self._acks_seen_until, now
+        if since is None:
+            return
+        with self._sessions() as session:
+            rows = session.execute(
+                select(Alert.severity, Alert.opened_at, Alert.acknowledged_at).where(
+                    Alert.acknowledged_at > since, Alert.acknowledged_at <= now
+                )
+            )
+            for severity, opened_at, acknowledged_at in rows:
+                seconds = max(0.0, (acknowledged_at - opened_at).total_seconds())
+                metrics.TIME_TO_ACKNOWLEDGE.labels(severity=severity).observe(seconds)
+
+
+def _count_texts(report: DeliveryReport) -> None:
+    metrics.SMS_SENT.inc(report.sent)
+    metrics.SMS_FAILED.labels(reason="permanent").inc(report.failed)
+    metrics.SMS_FAILED.labels(reason="retry").inc(report.retried)
+    metrics.SMS_HELD.labels(reason="deferred").inc(report.deferred)
+    metrics.SMS_HELD.labels(reason="suppressed").inc(report.suppressed)

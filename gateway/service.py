@@ -12,15 +12,17 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from alerts.engine import AlertEngine, AlertStoreUnavailable
 from alerts.history import RecentReadings
 from alerts.thresholds import load_clinic_thresholds
+from gateway import metrics
 from gateway.brokerwatch import BrokerDropWatch
 from gateway.errors import StorageError, StorageUnavailable
+from gateway.health import Check, database_check, flag_check, influx_check
 from gateway.ingest import IngestPipeline
 from gateway.mqtt import InboundMessage, MqttConsumer
 from gateway.quarantine import Quarantine, QuarantineUnavailable
@@ -67,11 +69,19 @@ class Gateway:
         batch_max_wait: float,
         queue_size: int,
         retry_max_delay: float = 30.0,
+        checks: Mapping[str, Check] | None = None,
         drop_watch: BrokerDropWatch | None = None,
     ) -> None:
         self.drop_watch = drop_watch  # the broker's silent queue drops, logged as errors
         self._queue: queue.Queue[InboundMessage] = queue.Queue(maxsize=queue_size)
         self._consumer = consumer_factory(self._queue.put)
+        self.checks: dict[str, Check] = {
+            "broker": flag_check(self._consumer.connected.is_set, "not connected to the MQTT broker"),
+            **(checks or {}),
+        }
+        metrics.watch_gateway(
+            self._queue.qsize, self._consumer.connected.is_set, lambda: self._consumer.reconnects
+        )
         self._pipeline = pipeline
         self._batch_size = batch_size
         self._batch_max_wait = batch_max_wait
@@ -147,10 +157,12 @@ class Gateway:
         """Process with retries, then ack; False when stopping before the batch could be written."""
         delay = 0.5
         while True:
+            started = time.perf_counter()
             try:
                 result = self._pipeline.process(batch)
                 break
             except RETRYABLE as exc:
+                metrics.BATCH_RETRIES.labels(error=type(exc).__name__).inc()
                 self.stats.failed_attempts += 1
                 self.stats.degraded_reason = str(exc)
                 log.warning(
@@ -173,6 +185,12 @@ class Gateway:
             )
             self.stats.degraded_reason = None
         self._consumer.ack(batch)
+        metrics.record_batch(
+            len(batch),
+            len(result.stored),
+            (q.reason for q in result.quarantined),
+            time.perf_counter() - started,
+        )
         self.stats.received += len(batch)
         self.stats.stored += len(result.stored)
         self.stats.quarantined += len(result.quarantined)
@@ -193,7 +211,7 @@ class Gateway:
 
 def build_gateway(settings: Settings, *, stop: threading.Event | None = None) -> Gateway:
     """Wire the real clients from settings; waits for InfluxDB while `stop` is not set."""
-    store = open_store_when_ready(settings, stop or threading.Event())
+    store = metrics.TimedStore(open_store_when_ready(settings, stop or threading.Event()))
     engine = make_engine(settings.database_url)
     check_current(engine)
     sessions = session_factory(engine)
@@ -230,6 +248,7 @@ def build_gateway(settings: Settings, *, stop: threading.Event | None = None) ->
         # Twice the Receive Maximum: after a reconnect the old connection's messages may still be queued.
         queue_size=2 * settings.mqtt.receive_maximum,
         retry_max_delay=settings.gateway.storage_retry_max_delay,
+        checks={"influxdb": influx_check(settings.influx.url), "database": database_check(engine)},
         drop_watch=BrokerDropWatch(settings.mqtt),
     )
 

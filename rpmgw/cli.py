@@ -45,6 +45,7 @@ def _register() -> None:
     from alerts.cli import register as register_alerts
     from alerts.notify.cli import register as register_sms
     from device_sim.cli import sim
+    from rpmgw.bench.cli import register as register_bench
     from rpmgw.commands.admin import register as register_admin
     from rpmgw.commands.broker import register as register_broker
     from rpmgw.commands.run import register as register_run
@@ -54,6 +55,7 @@ def _register() -> None:
     register_admin(cli)
     register_broker(cli)
     register_run(cli)
+    register_bench(cli)
     register_alerts(cli)
     register_sms(cli)
     register_users(cli)

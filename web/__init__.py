@@ -10,18 +10,22 @@ Blueprints, one per concern: `auth` (login, logout, account), `alerts` (the inbo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from alerts.tables import Staff
 from alerts.thresholds import load_clinic_thresholds
+from gateway import metrics
+from gateway.health import database_check, influx_check, readiness
 from gateway.timeseries import open_store
 from gateway.timeseries.base import ReadingStore
 from rpmgw.db import make_engine, session_factory
@@ -42,6 +46,9 @@ from web.context import (
 )
 from web.tables import WebSession
 
+# Probes and scrapes: no login, no CSRF (put /metrics behind the proxy's access rules in production).
+UNAUTHENTICATED = ("static", "healthz", "readyz", "prometheus_metrics")
+
 
 def create_app(
     settings: Settings | None = None,
@@ -59,7 +66,8 @@ def create_app(
             x_proto=settings.web.trusted_proxies,
             x_host=settings.web.trusted_proxies,
         )
-    sessions = session_factory(make_engine(settings.database_url))
+    engine = make_engine(settings.database_url)
+    sessions = session_factory(engine)
     store_factory: Callable[[], ReadingStore] = (
         (lambda: store) if store is not None else (lambda: open_store(settings.influx))
     )
@@ -87,6 +95,23 @@ def create_app(
     def healthz() -> tuple[Response, int]:
         return jsonify(status="ok"), 200
 
+    readiness_checks = {
+        "database": database_check(engine),
+        "influxdb": influx_check(settings.influx.url),
+    }
+
+    @app.get("/readyz")
+    def readyz() -> tuple[Response, int]:
+        ready, results = readiness(readiness_checks)
+        return jsonify(status="ready" if ready else "not ready", checks=results), 200 if ready else 503
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+
+    app.before_request(_start_timer)
+    app.after_request(_count_request)
+
     @app.get("/")
     def home() -> ResponseReturnValue:
         staff = g.get("staff")
@@ -113,7 +138,7 @@ def _register_blueprints(app: Flask) -> None:
 
 def _identify() -> ResponseReturnValue | None:
     """Refuse a forged form first, then find out who is asking (login session or API token)."""
-    if request.endpoint in ("static", "healthz") or request.blueprint == "twilio_webhooks":
+    if request.endpoint in UNAUTHENTICATED or request.blueprint == "twilio_webhooks":
         return None
     security.check_csrf()
     authorization = request.headers.get("Authorization", "")
@@ -146,6 +171,19 @@ def _identify() -> ResponseReturnValue | None:
     g.staff = staff
     g.auth = "session"
     return None
+
+
+def _start_timer() -> None:
+    g.request_started = time.perf_counter()
+
+
+def _count_request(response: Response) -> Response:
+    endpoint = request.endpoint or "unmatched"
+    metrics.WEB_REQUESTS.labels(endpoint=endpoint, status=str(response.status_code)).inc()
+    started = g.get("request_started")
+    if started is not None:
+        metrics.WEB_SECONDS.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+    return response
 
 
 def _audit_timeout(token: str) -> None:

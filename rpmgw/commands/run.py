@@ -2,19 +2,83 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import signal
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
 import click
 
+from gateway.health import Check, HealthServer
 from rpmgw.cli import SettingsContext, pass_settings
+from rpmgw.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Phone numbers in E.164 (+ and 8-15 digits, maybe spaced): a last line of defence, since log calls
+# are written not to carry them.
+_PHONE = re.compile(r"\+\d[\d ()-]{6,18}\d")
+# Attributes a log call may attach with `extra=` that the JSON lines carry as their own fields.
+CONTEXT_FIELDS = ("device_id", "patient_id", "alert_id", "msg_id", "batch_size")
+
+
+def redact(text: str) -> str:
+    """The text with anything that looks like a phone number replaced."""
+    return _PHONE.sub("[phone]", text)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the context fields present."""
+
+    converter = time.gmtime  # type: ignore[assignment]  # typeshed: gmtime(secs=None) fits
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry, default=str)
+
+
+class RedactingFormatter(logging.Formatter):
+    """The text format, with phone numbers replaced."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def configure_logging(settings: Settings) -> None:
+    """Level and format (RPMGW_LOG_LEVEL, RPMGW_LOG_FORMAT) for every handler of the root logger."""
+    root = logging.getLogger()
+    root.setLevel(settings.log_level)
+    formatter: logging.Formatter
+    if settings.log_format == "json":
+        formatter = JsonFormatter()
+    else:
+        formatter = RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not root.handlers:
+        root.addHandler(logging.StreamHandler())
+    for handler in root.handlers:
+        handler.setFormatter(formatter)
+
+
+def _start_health(host: str, port: int, checks: Mapping[str, Check]) -> None:
+    if port:
+        HealthServer(host, port, checks=checks).start()
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -44,7 +108,7 @@ def gateway(ctx: SettingsContext) -> None:
     from gateway.service import build_gateway
 
     settings = ctx.settings
-    logging.getLogger().setLevel(settings.log_level)
+    configure_logging(settings)
     stop = threading.Event()
     _stop_on_signals(stop)
     try:
@@ -54,6 +118,7 @@ def gateway(ctx: SettingsContext) -> None:
             return
         raise
     _stop_when_set(stop, service.stop)
+    _start_health(settings.gateway.health_host, settings.gateway.health_port, service.checks)
     log.info(
         "gateway up: broker %s:%s topic %s, store %s",
         settings.mqtt.host,
@@ -106,11 +171,12 @@ def worker(ctx: SettingsContext) -> None:
     from alerts.notify.notifier import build_notifier
     from alerts.thresholds import load_clinic_thresholds
     from alerts.worker import Worker
+    from gateway.health import database_check
     from gateway.service import utc_now
     from rpmgw.db import check_current, make_engine, session_factory
 
     settings = ctx.settings
-    logging.getLogger().setLevel(settings.log_level)
+    configure_logging(settings)
     engine = make_engine(settings.database_url)
     check_current(engine)
     sessions = session_factory(engine)
@@ -131,6 +197,9 @@ def worker(ctx: SettingsContext) -> None:
     stop = threading.Event()
     _stop_on_signals(stop)
     _stop_when_set(stop, service.stop)
+    _start_health(
+        settings.gateway.health_host, settings.alerts.worker_health_port, {"database": database_check(engine)}
+    )
     log.info(
         "worker up: every %.0f s, SMS back end %s",
         settings.alerts.worker_interval_seconds,
@@ -148,6 +217,7 @@ def web(ctx: SettingsContext) -> None:
     from web import create_app
 
     settings = ctx.settings
+    configure_logging(settings)
     log.info("web on http://%s:%s/", settings.web.host, settings.web.port)
     waitress.serve(create_app(settings), host=settings.web.host, port=settings.web.port, threads=8)
 

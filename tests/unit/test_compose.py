@@ -157,6 +157,29 @@ def test_postgres_credentials_match_the_database_url(compose: dict[str, Any]) ->
     assert url.path.lstrip("/") == postgres["POSTGRES_DB"]
 
 
+HEALTH_URL = re.compile(r"http://127\.0\.0\.1:(\d+)/readyz")
+
+
+@pytest.mark.parametrize(
+    ("service", "port_of"),
+    [
+        ("gateway", lambda s: s.gateway.health_port),
+        ("web", lambda s: s.web.port),
+    ],
+)
+def test_healthchecks_probe_the_process_s_own_readyz(
+    compose: dict[str, Any], service: str, port_of: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    definition = compose["services"][service]
+    probe = " ".join(definition["healthcheck"]["test"])
+    found = HEALTH_URL.search(probe)
+    assert found, f"{service}: the healthcheck does not ask /readyz on 127.0.0.1"
+    for key, value in _env(definition).items():
+        monkeypatch.setenv(key, value)
+    assert int(found.group(1)) == port_of(load_settings()), f"{service}: healthcheck port is not the setting"
+    assert definition["healthcheck"]["test"][:2] == ["CMD", "python"], "the image has python, not curl"
+
+
 def test_web_port_is_published(compose: dict[str, Any]) -> None:
     web = compose["services"]["web"]
     port = _env(web)["RPMGW_WEB__PORT"]

@@ -119,9 +119,10 @@ FOREIGN = (
     Route("POST", "/api/v1/alerts/{other}/acknowledge", CLINICAL, json=True),
     Route("GET", "/api/v1/patients/P-9/readings", CLINICAL),
 )
-PUBLIC = ("/login", "/healthz", "/api/v1/openapi.json", "/api/v1/docs", "/static/app.css")
-# Not pages of ours: Twilio's signed webhooks (tested by their authors) and the start page's redirect.
-ELSEWHERE = ("/twilio/", "/logout", "/")
+PUBLIC = ("/login", "/healthz", "/metrics", "/api/v1/openapi.json", "/api/v1/docs", "/static/app.css")
+# Not pages of ours: Twilio's signed webhooks (tested by their authors) and the start page's redirect;
+# /readyz (no login, answers 503 without InfluxDB) is tested in tests/integration/test_observability.py.
+ELSEWHERE = ("/twilio/", "/logout", "/", "/readyz")
 
 
 def _path(clinic: Clinic, route: Route) -> str:

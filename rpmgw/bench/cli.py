@@ -1,0 +1,124 @@
+"""`rpmgw bench`: the gateway's throughput, latency and footprint against the machine's own limits.
+
+Starts a private Mosquitto, InfluxDB and database under --dir, runs the parts asked for, prints a table
+and writes the figures as JSON. Not a test: nothing here asserts a number.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from rpmgw.bench import scenarios
+from rpmgw.bench.harness import BenchEnv, backlog_workload
+from rpmgw.bench.report import render_table
+
+PARTS = ("limits", "drain", "scaleout")
+
+
+@click.command()
+@click.option("--readings", default=100_000, show_default=True, help="Backlog size (QoS 1 messages).")
+@click.option("--invalid", default=0.01, show_default=True, help="Share of malformed messages in it.")
+@click.option("--devices", default=1_000, show_default=True, help="Enrolled devices the readings come from.")
+@click.option(
+    "--parts",
+    default=",".join(PARTS),
+    show_default=True,
+    help="Comma-separated parts to run: " + ", ".join(PARTS) + ".",
+)
+@click.option("--database-url", default=None, help="An empty database to use (default: SQLite under --dir).")
+@click.option(
+    "--dir",
+    "base_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where the bench keeps its servers' data and logs (default: a temporary directory, removed).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("bench-results.json"),
+    show_default=True,
+    help="Where to write the figures.",
+)
+def bench(
+    readings: int,
+    invalid: float,
+    devices: int,
+    parts: str,
+    database_url: str | None,
+    base_dir: Path | None,
+    json_path: Path,
+) -> None:
+    """Measure backlog drain (1 and 2 gateways) against the bare-subscriber and InfluxDB limits."""
+    wanted = [part.strip() for part in parts.split(",") if part.strip()]
+    unknown = set(wanted) - set(PARTS)
+    if unknown:
+        raise click.BadParameter(f"unknown parts: {', '.join(sorted(unknown))}", param_hint="--parts")
+    temporary = base_dir is None
+    root = Path(tempfile.mkdtemp(prefix="rpmgw-bench-")) if base_dir is None else base_dir.resolve()
+    results: dict[str, object] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": _cpus(), "python": platform.python_version(), "platform": platform.platform()},
+        "config": {"readings": readings, "invalid": invalid, "devices": devices, "parts": wanted},
+    }
+    click.echo(f"bench: servers and logs under {root}", err=True)
+    env = BenchEnv.start(root, devices=devices, db_url=database_url)
+    try:
+        workload = backlog_workload(readings, devices, invalid)
+        if "limits" in wanted:
+            click.echo("bench: limits (bare subscriber, InfluxDB writes)", err=True)
+            results["bare_subscriber"] = scenarios.bare_subscriber(env, workload)
+            results["influx_write"] = scenarios.influx_write(env, workload)
+        if "drain" in wanted:
+            click.echo("bench: backlog drain, 1 gateway", err=True)
+            results["drain_1"] = scenarios.backlog_drain(env, workload, scenarios.DrainOptions(processes=1))
+        if "scaleout" in wanted:
+            click.echo("bench: backlog drain, 2 gateways ($share)", err=True)
+            results["drain_2"] = scenarios.backlog_drain(env, workload, scenarios.DrainOptions(processes=2))
+    finally:
+        env.close()
+        if temporary:
+            shutil.rmtree(root, ignore_errors=True)
+    results["ratios"] = _ratios(results)
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    click.echo(render_table(results))
+    click.echo(f"\nfigures written to {json_path}", err=True)
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def _ratios(results: dict[str, object]) -> dict[str, float]:
+    """The gateway's drain rates as shares of the limits measured in the same run."""
+    ratios: dict[str, float] = {}
+    bare = results.get("bare_subscriber")
+    influx = results.get("influx_write")
+    for key in ("drain_1", "drain_2"):
+        drain = results.get(key)
+        if not isinstance(drain, dict):
+            continue
+        rate = float(drain["readings_per_s"])
+        if isinstance(bare, dict):
+            ratios[f"{key}_vs_bare_subscriber"] = round(rate / float(bare["msgs_per_s"]), 3)
+        if isinstance(influx, dict):
+            ratios[f"{key}_vs_influx_write"] = round(rate / float(influx["points_per_s"]), 3)
+    one, two = results.get("drain_1"), results.get("drain_2")
+    if isinstance(one, dict) and isinstance(two, dict):
+        ratios["two_vs_one_gateway"] = round(float(two["readings_per_s"]) / float(one["readings_per_s"]), 3)
+    return ratios
+
+
+def register(cli: click.Group) -> None:
+    """Add `rpmgw bench` to the CLI."""
+    cli.add_command(bench)

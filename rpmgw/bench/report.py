@@ -1,0 +1,63 @@
+"""The bench's results as a plain-text (Markdown) table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+def _row(what: str, value: object, note: str = "") -> str:
+    return f"| {what} | {value} | {note} |"
+
+
+def render_table(results: Mapping[str, object]) -> str:
+    """A Markdown table of the figures present in `results` (missing parts are left out)."""
+    lines = ["| measure | value | notes |", "|---|---|---|"]
+    bare = results.get("bare_subscriber")
+    if isinstance(bare, Mapping):
+        lines.append(_row("limit: bare paho subscriber (ack only)", f"{bare['msgs_per_s']:,} msgs/s"))
+    influx = results.get("influx_write")
+    if isinstance(influx, Mapping):
+        lines.append(
+            _row("limit: InfluxDB batch writes (5,000/batch)", f"{influx['points_per_s']:,} points/s")
+        )
+    for key, label in (("drain_1", "1 gateway"), ("drain_2", "2 gateways ($share)")):
+        drain = results.get(key)
+        if not isinstance(drain, Mapping):
+            continue
+        lines.append(
+            _row(
+                f"backlog drain, {label}",
+                f"{drain['readings_per_s']:,} readings/s",
+                f"{drain['messages']:,} msgs in {drain['drain_s']} s; CPU {drain['cpu_percent']} % per process; "
+                f"peak RSS {drain['peak_rss_mib']} MiB; lost {drain['lost']}, doubled {drain['doubled']}, "
+                f"quarantined {drain['quarantined']}, alerts doubled {drain['alerts_doubled']}",
+            )
+        )
+    ratios = results.get("ratios")
+    if isinstance(ratios, Mapping):
+        for name, value in ratios.items():
+            lines.append(_row(f"ratio {name.replace('_', ' ')}", f"{float(value):.2f}"))
+    latency = results.get("alert_latency")
+    if isinstance(latency, Mapping):
+        for target in ("alert_row", "sms_request"):
+            figures = latency.get(target)
+            if isinstance(figures, Mapping):
+                lines.append(
+                    _row(
+                        f"alert latency to {target.replace('_', ' ')}",
+                        f"p50 {figures['p50_ms']} ms, p95 {figures['p95_ms']} ms, p99 {figures['p99_ms']} ms",
+                        f"{figures['n']} critical readings at {latency['background_rate']:,} readings/s background",
+                    )
+                )
+    web = results.get("web")
+    if isinstance(web, Mapping):
+        for page, figures in web.items():
+            if isinstance(figures, Mapping):
+                lines.append(
+                    _row(
+                        f"web: {page.replace('_', ' ')}",
+                        f"p50 {figures['p50_ms']} ms, p95 {figures['p95_ms']} ms",
+                        str(figures.get("note", "")),
+                    )
+                )
+    return "\n".join(lines)

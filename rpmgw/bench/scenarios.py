@@ -1,0 +1,216 @@
+"""The bench's measurements; each returns a flat dict of figures for the table and the JSON report."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from sqlalchemy import func, select
+
+from alerts.tables import Alert
+from gateway.timeseries.base import StoredReading
+from gateway.timeseries.influx_v1 import InfluxV1Store
+from gateway.wire import Rejection, parse
+from rpmgw.bench.errors import BenchError
+from rpmgw.bench.harness import (
+    BenchEnv,
+    RpmgwProcess,
+    Workload,
+    proc_cpu_seconds,
+    proc_peak_rss_mib,
+    wait_for,
+)
+from rpmgw.db import make_engine, session_factory
+from rpmgw.settings import InfluxSettings
+
+Figures = dict[str, float | int | str]
+SHARED_TOPIC = "$share/rpmgw-bench/rpm/devices/+/readings"
+
+
+@dataclass(frozen=True, slots=True)
+class DrainOptions:
+    """What the backlog drain runs with."""
+
+    processes: int = 1
+    timeout: float = 900.0
+
+
+def _database() -> str:
+    return f"bench_{uuid.uuid4().hex[:10]}"
+
+
+def _store(env: BenchEnv, database: str) -> InfluxV1Store:
+    return InfluxV1Store(InfluxSettings(url=env.influx.url, database=database))
+
+
+def backlog_drain(env: BenchEnv, workload: Workload, options: DrainOptions) -> Figures:
+    """Queue `workload` in the gateways' persistent sessions while they are stopped, then time the drain."""
+    database = _database()
+    shared = options.processes > 1
+    envs = [
+        env.gateway_env(
+            database=database,
+            client_id=f"bench-gw-{uuid.uuid4().hex[:6]}-{n}",
+            topic=SHARED_TOPIC if shared else None,
+        )
+        for n in range(options.processes)
+    ]
+    # First start: creates each persistent session and its subscription; then stop them.
+    first = [env.start_rpmgw(["gateway"], e, f"gateway-{database}-{n}-init") for n, e in enumerate(envs)]
+    for process in first:
+        wait_for(process.ready, 60, "a gateway to connect")
+    # Ready means connected; the subscription follows the CONNACK within milliseconds.
+    time.sleep(0.5)
+    for process in first:
+        process.stop()
+    quarantined_before = env.quarantined()
+    publish_rate = env.publish(workload.messages)
+
+    started = time.monotonic()
+    gateways = [env.start_rpmgw(["gateway"], e, f"gateway-{database}-{n}") for n, e in enumerate(envs)]
+    for process in gateways:
+        wait_for(process.ready, 60, "a gateway to start")
+    ready = time.monotonic()
+    cpu_before = [proc_cpu_seconds(p.pid) for p in gateways]
+
+    def stored() -> float:
+        return sum(p.metrics().get("rpmgw_readings_stored_total", 0.0) for p in gateways)
+
+    def received() -> float:
+        return sum(p.metrics().get("rpmgw_readings_received_total", 0.0) for p in gateways)
+
+    wait_for(lambda: received() >= len(workload.messages), options.timeout, "the backlog to drain")
+    done = time.monotonic()
+    cpu = sum(proc_cpu_seconds(p.pid) - before for p, before in zip(gateways, cpu_before, strict=True))
+    peak_rss = max(proc_peak_rss_mib(p.pid) for p in gateways)
+    stored_metric = stored()
+    for process in gateways:
+        process.stop()
+    counts = _msg_id_counts(env, database)
+    elapsed = done - ready
+    return {
+        "processes": options.processes,
+        "messages": len(workload.messages),
+        "valid": workload.valid,
+        "publish_rate": round(publish_rate),
+        "startup_s": round(ready - started, 2),
+        "drain_s": round(elapsed, 2),
+        "readings_per_s": round(len(workload.messages) / elapsed),
+        "cpu_percent": round(100 * cpu / elapsed / options.processes, 1),
+        "peak_rss_mib": round(peak_rss, 1),
+        "stored_metric": int(stored_metric),
+        "stored_distinct": len(counts),
+        "lost": max(0, workload.valid - len(counts)),
+        "doubled": sum(1 for n in counts.values() if n > 1),
+        "quarantined": env.quarantined() - quarantined_before,
+        "alerts_doubled": _doubled_alerts(env),
+    }
+
+
+def _msg_id_counts(env: BenchEnv, database: str) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    with _store(env, database) as store:
+        counts.update(store.msg_id_counts("blood_pressure"))
+    return counts
+
+
+def _doubled_alerts(env: BenchEnv) -> int:
+    """Open alerts of one patient and rule more than once (the lifecycle allows one open episode)."""
+    sessions = session_factory(make_engine(env.db_url))
+    with sessions() as session:
+        rows = session.execute(
+            select(Alert.patient_id, Alert.rule, func.count())
+            .where(Alert.closed_at.is_(None))
+            .group_by(Alert.patient_id, Alert.rule)
+            .having(func.count() > 1)
+        ).all()
+    return len(rows)
+
+
+def bare_subscriber(env: BenchEnv, workload: Workload, receive_maximum: int = 10_000) -> Figures:
+    """The limit: a paho MQTT v5 persistent session that only acknowledges, draining the same backlog."""
+    client_id = f"bench-bare-{uuid.uuid4().hex[:6]}"
+    received = 0
+    lock = threading.Lock()
+    all_in = threading.Event()
+    total = len(workload.messages)
+
+    def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        nonlocal received
+        with lock:
+            received += 1
+            if received >= total:
+                all_in.set()
+
+    def session(clean: bool) -> mqtt.Client:
+        client = env.mqtt_client(client_id, v5=True, role="gateway")
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = 3600
+        properties.ReceiveMaximum = receive_maximum
+        client.on_message = on_message
+        rc = client.connect(env.broker.host, env.broker.port, clean_start=clean, properties=properties)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise BenchError("bare subscriber could not connect")
+        return client
+
+    client = session(True)
+    client.loop_start()
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.subscribe("rpm/devices/+/readings", qos=1)
+    if not subscribed.wait(10):
+        raise BenchError("bare subscriber: no SUBACK")
+    client.disconnect()
+    client.loop_stop()
+    env.publish(workload.messages)
+    started = time.monotonic()
+    client = session(False)
+    client.loop_start()
+    if not all_in.wait(600):
+        raise BenchError(f"bare subscriber received only {received} of {total}")
+    elapsed = time.monotonic() - started
+    client.disconnect()
+    client.loop_stop()
+    return {"messages": total, "drain_s": round(elapsed, 2), "msgs_per_s": round(total / elapsed)}
+
+
+def influx_write(env: BenchEnv, workload: Workload, batch_size: int = 5_000) -> Figures:
+    """The limit: the same readings written straight to InfluxDB in the gateway's batch size, one client."""
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    readings = []
+    for topic, payload in workload.messages:
+        outcome = parse(topic, payload, now=now)
+        if not isinstance(outcome, Rejection):
+            readings.append(StoredReading(f"bench-limit-{outcome.device_id}", outcome))
+    database = _database()
+    with _store(env, database) as store:
+        store.ensure_ready()
+        started = time.monotonic()
+        for start in range(0, len(readings), batch_size):
+            store.write(readings[start : start + batch_size])
+        elapsed = time.monotonic() - started
+    return {
+        "points": len(readings),
+        "write_s": round(elapsed, 2),
+        "points_per_s": round(len(readings) / elapsed),
+    }
+
+
+def start_gateway(env: BenchEnv, database: str, name: str) -> RpmgwProcess:
+    """A gateway on the normal topic, waited for until ready."""
+    process = env.start_rpmgw(
+        ["gateway"],
+        env.gateway_env(database=database, client_id=f"bench-{name}-{uuid.uuid4().hex[:6]}"),
+        name,
+    )
+    wait_for(process.ready, 60, f"{name} to be ready")
+    return process
