@@ -12,6 +12,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from device_sim.accounts import ensure_device_accounts, load_device_passwords
 from device_sim.devices import build_fleet
 from device_sim.errors import SimConfigError
 from device_sim.faults import FaultKind, parse_fault_spec
@@ -150,6 +151,19 @@ def _start(_ctx: click.Context, _param: click.Parameter, value: str | None) -> d
     help="On SIGINT/SIGTERM, wait this long for outstanding PUBACKs.",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress line on stderr.")
+@click.option(
+    "--device-credentials",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Each device logs in as itself with its password from this file (`device_id password` lines).",
+)
+@click.option(
+    "--password-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --device-credentials: create the missing device accounts in this broker password file.",
+)
+@click.option(
+    "--accounts-only", is_flag=True, help="Create the device accounts, then exit (reload the broker)."
+)
 @pass_settings
 def sim(context: SettingsContext, /, **options: Any) -> None:
     """Simulate patients' home BP monitors and glucometers publishing readings over MQTT.
@@ -164,10 +178,21 @@ def sim(context: SettingsContext, /, **options: Any) -> None:
       rpmgw sim --patients 1000 --connections 50 --rate 2000 --duration 60
       rpmgw sim --start -7d --speed 2016 --duration 300     # a week of history in 5 minutes
       rpmgw sim --faults malformed=0.02,duplicate=0.01,skew=0.01 --manifest run.jsonl --count 500
+      rpmgw sim --device-credentials devices.txt --password-file P --accounts-only  # then SIGHUP the broker
+      rpmgw sim --device-credentials devices.txt            # each device logs in as itself
     """
     settings = context.settings
     progress = options.pop("progress")
     enrol = options.pop("enrol")
+    credentials, password_file, accounts_only = (
+        options.pop("device_credentials"),
+        options.pop("password_file"),
+        options.pop("accounts_only"),
+    )
+    if (password_file is not None or accounts_only) and credentials is None:
+        raise click.UsageError("--password-file and --accounts-only need --device-credentials")
+    if accounts_only and password_file is None:
+        raise click.UsageError("--accounts-only needs --password-file")
     if options["mix"] is None:
         options.pop("mix")
     try:
@@ -188,8 +213,33 @@ def sim(context: SettingsContext, /, **options: Any) -> None:
             f"{summary.unchanged} already enrolled",
             err=True,
         )
+    if credentials is not None:
+        config = _with_device_accounts(config, credentials, password_file)
+        if accounts_only:
+            return
     report = asyncio.run(run_simulation(config, settings.mqtt, progress=sys.stderr if progress else None))
     click.echo(_summary(report, config), err=True)
+
+
+def _with_device_accounts(config: SimConfig, credentials: Path, password_file: Path | None) -> SimConfig:
+    if password_file is not None:
+        fleet = build_fleet(
+            patients=config.patients,
+            seed=config.seed,
+            mix=config.mix,
+            mg_dl_share=config.mg_dl_share,
+            timezone=config.timezone,
+        )
+        created = ensure_device_accounts([d.device_id for d in fleet.devices], credentials, password_file)
+        click.echo(
+            f"sim: {len(created)} new device accounts in {password_file}; "
+            "reload the broker (SIGHUP) before they connect",
+            err=True,
+        )
+    try:
+        return SimConfig(**{**config.model_dump(), "device_passwords": load_device_passwords(credentials)})
+    except ValidationError as exc:
+        raise click.UsageError(_problems(exc)) from None
 
 
 def _summary(report: SimReport, config: SimConfig) -> str:

@@ -35,7 +35,7 @@ import aiomqtt
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from device_sim.devices import DEFAULT_TIMEZONE, Fleet, Outgoing, SimDevice, build_fleet, encode, status_topic
-from device_sim.errors import BrokerUnreachable, EnrolmentError
+from device_sim.errors import BrokerUnreachable, EnrolmentError, SimConfigError
 from device_sim.faults import FaultInjector, FaultKind
 from device_sim.profiles import DEFAULT_MIX, Condition
 from rpmgw.errors import RpmgwError
@@ -85,6 +85,9 @@ class SimConfig(BaseModel):
     ack_timeout: float = Field(default=10.0, gt=0)  # wait for one PUBACK before reconnecting
     drain_timeout: float = Field(default=10.0, ge=0)  # on SIGINT/SIGTERM: wait this long for PUBACKs
     connect_deadline: float = Field(default=30.0, gt=0)  # give up when no device connects by then
+    # Per-device broker accounts (username = device id, see device_sim.accounts); None: every
+    # connection logs in with the MqttSettings account (the simulator's `rpmgw-sim`).
+    device_passwords: Mapping[str, str] | None = Field(default=None, repr=False)
 
     @field_validator("timezone")
     @classmethod
@@ -108,6 +111,12 @@ class SimConfig(BaseModel):
         if any(not 0 <= p <= 1 for p in value.values()) or sum(value.values()) > 1:
             raise ValueError("fault probabilities must be in [0, 1] and add up to at most 1")
         return dict(value)
+
+    @model_validator(mode="after")
+    def _own_connection_per_account(self) -> SimConfig:
+        if self.device_passwords is not None and self.connections is not None:
+            raise ValueError("per-device credentials need one connection per device (no --connections)")
+        return self
 
     @model_validator(mode="after")
     def _start_not_in_future(self) -> SimConfig:
@@ -322,11 +331,17 @@ class _Connection:
 
     def _client(self) -> aiomqtt.Client:
         mqtt = self.run.mqtt
+        username, password = mqtt.username, mqtt.password
+        passwords = self.run.config.device_passwords
+        if passwords is not None:
+            # One device per connection (validated): it logs in as itself.
+            username = self.devices[0].device_id
+            password = passwords[username]
         client = aiomqtt.Client(
             mqtt.host,
             mqtt.port,
-            username=mqtt.username,
-            password=mqtt.password,
+            username=username,
+            password=password,
             identifier=self.client_id,
             keepalive=mqtt.keepalive,
             timeout=self.run.config.ack_timeout,
@@ -499,6 +514,14 @@ async def run_simulation(
 
 
 def _connections(run: _Run, traffic: Traffic) -> list[_Connection]:
+    passwords = run.config.device_passwords
+    if passwords is not None:
+        missing = [d.device_id for d in traffic.fleet.devices if d.device_id not in passwords]
+        if missing:
+            raise SimConfigError(
+                f"{len(missing)} devices have no broker password (first: {missing[0]}); "
+                "create them with --password-file"
+            )
     plans = plan_connections(traffic.fleet.devices, run.config.connections)
     # Room for a few rounds of in-flight messages: enough to keep the pipe full, small enough to bound memory.
     size = max(16, 2 * run.config.max_inflight)
