@@ -67,6 +67,13 @@ class MqttConsumer:
         self._client.manual_ack_set(True)
         if settings.username is not None:
             self._client.username_pw_set(settings.username, settings.password)
+        if settings.tls_ca is not None:
+            # Verifies the broker's certificate and host name against the given CA.
+            self._client.tls_set(
+                ca_certs=str(settings.tls_ca),
+                certfile=str(settings.tls_cert) if settings.tls_cert else None,
+                keyfile=str(settings.tls_key) if settings.tls_key else None,
+            )
         self._client.reconnect_delay_set(
             min_delay=max(1, round(settings.reconnect_min_delay)),
             max_delay=max(1, round(settings.reconnect_max_delay)),

@@ -41,6 +41,11 @@ class MqttSettings(BaseModel):
     topic: str = "rpm/devices/+/readings"
     reconnect_min_delay: float = Field(default=0.5, gt=0)
     reconnect_max_delay: float = Field(default=30.0, gt=0)
+    # TLS to the broker (any hop outside localhost): the CA that signed the broker's certificate, and
+    # optionally a client certificate and key (PEM files).
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @model_validator(mode="after")
     def _credentials_together(self) -> MqttSettings:
@@ -48,6 +53,13 @@ class MqttSettings(BaseModel):
             raise ValueError("RPMGW_MQTT__PASSWORD is set but RPMGW_MQTT__USERNAME is not")
         if self.reconnect_max_delay < self.reconnect_min_delay:
             raise ValueError("RPMGW_MQTT__RECONNECT_MAX_DELAY must be >= RPMGW_MQTT__RECONNECT_MIN_DELAY")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("RPMGW_MQTT__TLS_CERT and RPMGW_MQTT__TLS_KEY go together")
+        if (self.tls_cert is not None) and self.tls_ca is None:
+            raise ValueError("a client certificate needs RPMGW_MQTT__TLS_CA too")
+        for name, path in (("TLS_CA", self.tls_ca), ("TLS_CERT", self.tls_cert), ("TLS_KEY", self.tls_key)):
+            if path is not None and not path.is_file():
+                raise ValueError(f"RPMGW_MQTT__{name}: no such file {path}")
         return self
 
 
