@@ -18,6 +18,9 @@ from datetime import datetime, timedelta
 from alerts.model import ReadingView
 from gateway.timeseries.base import ReadingStore, StoredReading
 
+# How much further back than needed a patient's history is loaded and kept.
+RELOAD_MARGIN = timedelta(days=1)
+
 
 @dataclass(slots=True)
 class _Entry:
@@ -52,18 +55,26 @@ class RecentReadings:
 
     def for_batch(self, batch: Sequence[StoredReading], now: datetime) -> dict[str, list[ReadingView]]:
         """Each batch patient's readings since `now - days` plus the batch's own, oldest first."""
-        patients = list(dict.fromkeys(stored.patient_id for stored in batch))
+        # Grouped once: scanning the whole batch for every patient was quadratic (profiled: 1/4 of it).
+        by_patient: dict[str, list[StoredReading]] = {}
+        for stored in batch:
+            by_patient.setdefault(stored.patient_id, []).append(stored)
+        patients = list(by_patient)
         # A late (buffered) reading needs the window before its own measured_at.
         since = min([now, *(s.reading.measured_at for s in batch)]) - self._window
-        self._load(self._stale(patients, since), since)
+        # Loaded and kept a margin further back: in a backlog of mixed ages each batch reaches a little
+        # further into the past, and without it nearly every batch reloaded every patient (profiled).
+        keep_since = since - RELOAD_MARGIN
+        self._load(self._stale(patients, since), keep_since)
         result: dict[str, list[ReadingView]] = {}
         for patient in patients:
             entry = self._entry(patient)
-            for stored in batch:
-                if stored.patient_id == patient:
-                    entry.readings[stored.reading.msg_id] = ReadingView.from_stored(stored)
-            self._prune(entry, since)
-            result[patient] = sorted(entry.readings.values(), key=lambda r: r.measured_at)
+            for stored in by_patient[patient]:
+                entry.readings[stored.reading.msg_id] = ReadingView.from_stored(stored)
+            self._prune(entry, keep_since)
+            result[patient] = sorted(
+                (r for r in entry.readings.values() if r.measured_at >= since), key=lambda r: r.measured_at
+            )
         self._evict()
         return result
 

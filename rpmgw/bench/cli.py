@@ -15,11 +15,7 @@ from pathlib import Path
 
 import click
 
-from rpmgw.bench import scenarios
-from rpmgw.bench.harness import BenchEnv, backlog_workload
-from rpmgw.bench.report import render_table
-
-PARTS = ("limits", "drain", "scaleout")
+PARTS = ("limits", "drain", "scaleout", "alerts", "web")
 
 
 @click.command()
@@ -48,6 +44,10 @@ PARTS = ("limits", "drain", "scaleout")
     show_default=True,
     help="Where to write the figures.",
 )
+@click.option("--alert-probes", default=60, show_default=True, help="Critical readings timed in 'alerts'.")
+@click.option("--background-rate", default=5_000, show_default=True, help="Readings/s of load in 'alerts'.")
+@click.option("--inbox-alerts", default=10_000, show_default=True, help="Alerts in the inbox in 'web'.")
+@click.option("--web-requests", default=50, show_default=True, help="Requests per page timed in 'web'.")
 def bench(
     readings: int,
     invalid: float,
@@ -56,8 +56,19 @@ def bench(
     database_url: str | None,
     base_dir: Path | None,
     json_path: Path,
+    alert_probes: int,
+    background_rate: int,
+    inbox_alerts: int,
+    web_requests: int,
 ) -> None:
-    """Measure backlog drain (1 and 2 gateways) against the bare-subscriber and InfluxDB limits."""
+    """Measure backlog drain, limits, scale-out, alert latency and web response times; print a table."""
+    # Imported here: every rpmgw command imports this module, and these pull in Flask and more.
+    from rpmgw.bench import scenarios
+    from rpmgw.bench.harness import BenchEnv, backlog_workload
+    from rpmgw.bench.latency import alert_latency
+    from rpmgw.bench.report import render_table
+    from rpmgw.bench.webpages import web_response_times
+
     wanted = [part.strip() for part in parts.split(",") if part.strip()]
     unknown = set(wanted) - set(PARTS)
     if unknown:
@@ -67,7 +78,14 @@ def bench(
     results: dict[str, object] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": _cpus(), "python": platform.python_version(), "platform": platform.platform()},
-        "config": {"readings": readings, "invalid": invalid, "devices": devices, "parts": wanted},
+        "config": {
+            "readings": readings,
+            "invalid": invalid,
+            "devices": devices,
+            "parts": wanted,
+            "background_rate": background_rate,
+            "inbox_alerts": inbox_alerts,
+        },
     }
     click.echo(f"bench: servers and logs under {root}", err=True)
     env = BenchEnv.start(root, devices=devices, db_url=database_url)
@@ -83,6 +101,14 @@ def bench(
         if "scaleout" in wanted:
             click.echo("bench: backlog drain, 2 gateways ($share)", err=True)
             results["drain_2"] = scenarios.backlog_drain(env, workload, scenarios.DrainOptions(processes=2))
+        if "alerts" in wanted:
+            click.echo(f"bench: alert latency under {background_rate:,} readings/s", err=True)
+            results["alert_latency"] = alert_latency(
+                env, probes=alert_probes, background_rate=background_rate
+            )
+        if "web" in wanted:
+            click.echo("bench: web pages", err=True)
+            results["web"] = web_response_times(env, alerts=inbox_alerts, requests_per_page=web_requests)
     finally:
         env.close()
         if temporary:

@@ -217,20 +217,25 @@ class BenchEnv:
         return env
 
     def enrol(self, devices: int) -> None:
-        """Patients bench-p*, devices bench-d*, one enrolment each (bulk inserts; idempotent by count)."""
+        """Patients bench-p*, devices bench-d* 0..devices-1, one enrolment each (skips those present)."""
+        sessions = session_factory(make_engine(self.db_url))
+        with sessions() as session:
+            have = session.scalar(select(func.count()).select_from(Device).where(Device.id.like("bench-d%")))
+        self.enrol_range(min(int(have or 0), devices), devices)
+
+    def enrol_range(self, start: int, stop: int) -> None:
+        """Patients, devices and enrolments for indices start..stop-1 (bulk inserts)."""
         sessions = session_factory(make_engine(self.db_url))
         since = datetime.now(UTC) - timedelta(days=400)
         with sessions.begin() as session:
-            have = session.scalar(select(func.count()).select_from(Device).where(Device.id.like("bench-d%")))
-            start = int(have or 0)
-            for chunk in _chunks(range(start, devices), 5_000):
+            for chunk in _chunks(range(start, stop), 5_000):
                 session.execute(
                     insert(Patient),
                     [
                         {
                             "id": patient_id(i),
                             "display_name": f"Bench Patient {i}",
-                            "phone": f"+7999{i:07d}",
+                            "phone": f"+7999{i % 10_000_000:07d}",
                             "timezone": "UTC",
                         }
                         for i in chunk
@@ -315,8 +320,8 @@ class BenchEnv:
         started = time.perf_counter()
         published = 0
         try:
-            # Chunks: paho's message ids wrap at 65,535, so never more than that may await a PUBACK.
-            for chunk in _chunks(range(len(messages)), 30_000):
+            # Windows of `inflight`: paho scans its whole outgoing list on every PUBACK (quadratic if long).
+            for chunk in _chunks(range(len(messages)), inflight):
                 infos = [client.publish(messages[i][0], messages[i][1], qos=1) for i in chunk]
                 for info in infos:
                     info.wait_for_publish(120)

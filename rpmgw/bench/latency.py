@@ -1,0 +1,171 @@
+"""Alert latency: a critical reading published under background load, timed to its alert row and its SMS.
+
+A real gateway and a real worker run against the bench's broker, InfluxDB and database; the worker
+sends through `SmsSink` (Twilio-compatible, local). Each probe is a fresh patient, so each critical
+reading opens a new alert and queues a new text.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from functools import partial
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from alerts.model import RuleId
+from alerts.tables import Alert
+from rpmgw.bench.errors import BenchError
+from rpmgw.bench.harness import READINGS_TOPIC, BenchEnv, bp_payload, device_id, patient_id, wait_for
+from rpmgw.bench.smssink import SmsSink
+from rpmgw.db import make_engine, session_factory
+from rpmgw.servers import free_port
+
+Figures = dict[str, object]
+# Batching bounds latency from below: the bench runs the gateway with this batch wait (default 0.2 s).
+BATCH_MAX_WAIT = "0.02"
+WORKER_INTERVAL = "0.05"
+
+
+def percentiles(values_ms: list[float]) -> dict[str, float | int]:
+    """n, p50, p95, p99 (nearest rank) of millisecond values."""
+    ordered = sorted(values_ms)
+    if not ordered:
+        return {"n": 0, "p50_ms": float("nan"), "p95_ms": float("nan"), "p99_ms": float("nan")}
+
+    def rank(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, max(0, round(p * len(ordered)) - 1))], 1)
+
+    return {"n": len(ordered), "p50_ms": rank(0.50), "p95_ms": rank(0.95), "p99_ms": rank(0.99)}
+
+
+class BackgroundLoad:
+    """Publishes normal readings from the bench's devices at `rate` per second until stopped."""
+
+    def __init__(self, env: BenchEnv, rate: int) -> None:
+        self._env = env
+        self._rate = rate
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-load", daemon=True)
+        self.published = 0
+
+    def start(self) -> BackgroundLoad:
+        """Start publishing."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop publishing and wait for the thread."""
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        client = self._env.mqtt_client(f"bench-load-{uuid.uuid4().hex[:6]}")
+        client.max_inflight_messages_set(1_000)
+        client.connect(self._env.broker.host, self._env.broker.port)
+        client.loop_start()
+        tick = 0.01
+        per_tick = max(1, round(self._rate * tick))
+        next_at = time.monotonic()
+        index = 0
+        try:
+            while not self._stop.is_set():
+                now = datetime.now(UTC)
+                for _ in range(per_tick):
+                    device = device_id(index % self._env.devices)
+                    payload = bp_payload(device, now - timedelta(seconds=30))
+                    client.publish(READINGS_TOPIC.format(device=device), payload, qos=1)
+                    index += 1
+                self.published = index
+                next_at += tick
+                self._stop.wait(max(0.0, next_at - time.monotonic()))
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+
+def alert_latency(env: BenchEnv, *, probes: int, background_rate: int) -> Figures:
+    """p50/p95/p99 from publishing a critical reading to its alert row and to its SMS request."""
+    first_probe = env.devices + 1_000_000  # probe patients live beyond the load's devices
+    env.enrol_range(first_probe, first_probe + probes)
+    sink = SmsSink().start()
+    database = f"bench_{uuid.uuid4().hex[:10]}"
+    gateway_env = env.gateway_env(database=database, client_id=f"bench-lat-{uuid.uuid4().hex[:6]}")
+    gateway_env["RPMGW_GATEWAY__BATCH_MAX_WAIT"] = BATCH_MAX_WAIT
+    worker_port = free_port()
+    worker_env = {
+        **gateway_env,
+        **sink.env(),
+        "RPMGW_ALERTS__WORKER_INTERVAL_SECONDS": WORKER_INTERVAL,
+        "RPMGW_ALERTS__WORKER_HEALTH_PORT": str(worker_port),
+    }
+    gateway = env.start_rpmgw(["gateway"], gateway_env, "latency-gateway")
+    worker = env.start_rpmgw(["worker"], worker_env, "latency-worker")
+    wait_for(gateway.ready, 60, "the latency gateway")
+    wait_for(worker.ready, 60, "the worker")
+    sessions = session_factory(make_engine(env.db_url))
+    load = BackgroundLoad(env, background_rate).start()
+    to_alert: list[float] = []
+    to_sms: list[float] = []
+    client = env.mqtt_client(f"bench-probe-{uuid.uuid4().hex[:6]}")
+    client.connect(env.broker.host, env.broker.port)
+    client.loop_start()
+    try:
+        time.sleep(2)  # let the load reach its rate first
+        for n in range(probes):
+            index = first_probe + n
+            device, patient, phone = device_id(index), patient_id(index), f"+7999{index % 10_000_000:07d}"
+            payload = bp_payload(device, datetime.now(UTC), systolic=205, diastolic=125)
+            started = time.monotonic()
+            client.publish(READINGS_TOPIC.format(device=device), payload, qos=1)
+            alert_at = _poll(partial(_has_alert, sessions, patient), 10)
+            if alert_at is None:
+                raise BenchError(f"no alert for {patient} within 10 s")
+            to_alert.append((alert_at - started) * 1000)
+            # Texts sent before (e.g. the no-data reminder of a new patient) do not count.
+            sms_at = _poll(partial(sink.first_arrival, phone, started), 15)
+            if sms_at is not None:
+                to_sms.append((sms_at - started) * 1000)
+            gateway.check_alive()
+            time.sleep(0.1)
+        published = load.published
+    finally:
+        load.stop()
+        client.disconnect()
+        client.loop_stop()
+        gateway.stop()
+        worker.stop()
+        sink.stop()
+    return {
+        "background_rate": background_rate,
+        "background_published": published,
+        "batch_max_wait_s": float(BATCH_MAX_WAIT),
+        "worker_interval_s": float(WORKER_INTERVAL),
+        "alert_row": percentiles(to_alert),
+        "sms_request": percentiles(to_sms),
+        "sms_missing": probes - len(to_sms),
+    }
+
+
+def _has_alert(sessions: sessionmaker[Session], patient: str) -> float | None:
+    """Now (monotonic) when the patient has a severe-BP alert row (not e.g. a no-data one), else None."""
+    with sessions() as session:
+        found = session.scalar(
+            select(Alert.id).where(Alert.patient_id == patient, Alert.rule == RuleId.SEVERE_BP.value).limit(1)
+        )
+    return time.monotonic() if found is not None else None
+
+
+def _poll(probe: Callable[[], float | None], timeout: float) -> float | None:
+    """Call `probe` every 2 ms until it returns a time; None after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found is not None:
+            return found
+        time.sleep(0.002)
+    return None
