@@ -135,8 +135,8 @@ REPORT_TAIL = """
   idempotency key in the outbox.
 - **InfluxDB down.** The gateway keeps retrying the batch in hand with backoff and acknowledges
   nothing; the broker keeps the rest (the gateway's Receive Maximum bounds what it holds in memory).
-  `Gateway.stats.degraded_reason` says why (exposed on `/readyz`). When InfluxDB returns the backlog
-  drains. There is no on-disk spool in the gateway: the broker's persistent session is the buffer.
+  `/readyz` answers 503 (its InfluxDB check fails) and `Gateway.stats.degraded_reason` holds the
+  last error. When InfluxDB returns the backlog drains. There is no on-disk spool in the gateway: the broker's persistent session is the buffer.
 - **Relational database down.** Readings of devices whose enrolment is cached keep being written to
   InfluxDB (idempotently) on every retry, but the batch is not acknowledged until the registry,
   the alert engine and the quarantine could write: alert evaluation is deferred and caught up,

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+import requests
 from paho.mqtt.enums import CallbackAPIVersion
 
 from rpmgw.db import upgrade
+from rpmgw.servers import free_port
 from rpmgw.servers.influxdb import InfluxServer
 from rpmgw.servers.mosquitto import MosquittoServer
 from tests.fakes.twilio_server import FakeResponse
@@ -105,7 +107,9 @@ def test_influxdb_down_while_readings_keep_coming(
     devices = env.enrol_patients(10, "influx")
     payloads = load(devices, 500, systolic=130)
     published = {str(p["msg_id"]) for p in payloads}
-    gateway = env.start("gateway", "gateway")
+    health_port = free_port()
+    gateway = env.start("gateway", "gateway", RPMGW_GATEWAY__HEALTH_PORT=str(health_port))
+    readyz = f"http://127.0.0.1:{health_port}/readyz"
     restarted: InfluxServer | None = None
     try:
         env.wait_live(gateway)
@@ -120,9 +124,12 @@ def test_influxdb_down_while_readings_keep_coming(
             time.sleep(0.5)  # sampling cadence of the memory measurement, not a wait for a condition
         publisher.join(120)
         assert "not stored" in gateway.log(), "the gateway should report the failed writes"
+        not_ready = requests.get(readyz, timeout=5)
+        assert not_ready.status_code == 503, "the gateway must report itself not ready while InfluxDB is down"
         restarted = InfluxServer.start(own.base_dir, http_port=own.http_port, rpc_port=own.rpc_port)
         env.influx = restarted
         recovery = wait_all_stored(env, published, 180, "the backlog after InfluxDB returned")
+        wait_until(lambda: requests.get(readyz, timeout=5).status_code == 200, 30, "/readyz ready again")
         peak_rss = max(peak_rss, rss_kib(gateway.process.pid))
         lost, doubled = measure_loss(published, env.stored_counts())
         growth = peak_rss - baseline_rss
@@ -135,7 +142,8 @@ def test_influxdb_down_while_readings_keep_coming(
                 None,
                 None,
                 recovery,
-                f"gateway RSS {baseline_rss // 1024} MiB before, peak {peak_rss // 1024} MiB; stayed up",
+                f"gateway RSS {baseline_rss // 1024} MiB before, peak {peak_rss // 1024} MiB; stayed up; "
+                f"/readyz {not_ready.status_code} during the outage",
             )
         )
         assert (lost, doubled) == (0, 0)
