@@ -95,17 +95,21 @@ def bench(
             click.echo("bench: limits (bare subscriber, InfluxDB writes)", err=True)
             results["bare_subscriber"] = scenarios.bare_subscriber(env, workload)
             results["influx_write"] = scenarios.influx_write(env, workload)
+            _save(json_path, results)
         if "drain" in wanted:
             click.echo("bench: backlog drain, 1 gateway", err=True)
             results["drain_1"] = scenarios.backlog_drain(env, workload, scenarios.DrainOptions(processes=1))
+            _save(json_path, results)
         if "scaleout" in wanted:
             click.echo("bench: backlog drain, 2 gateways ($share)", err=True)
             results["drain_2"] = scenarios.backlog_drain(env, workload, scenarios.DrainOptions(processes=2))
+            _save(json_path, results)
         if "alerts" in wanted:
             click.echo(f"bench: alert latency under {background_rate:,} readings/s", err=True)
             results["alert_latency"] = alert_latency(
                 env, probes=alert_probes, background_rate=background_rate
             )
+            _save(json_path, results)
         if "web" in wanted:
             click.echo("bench: web pages", err=True)
             results["web"] = web_response_times(env, alerts=inbox_alerts, requests_per_page=web_requests)
@@ -114,9 +118,14 @@ def bench(
         if temporary:
             shutil.rmtree(root, ignore_errors=True)
     results["ratios"] = _ratios(results)
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    _save(json_path, results)
     click.echo(render_table(results))
     click.echo(f"\nfigures written to {json_path}", err=True)
+
+
+def _save(json_path: Path, results: dict[str, object]) -> None:
+    """Write what is measured so far (a later part failing keeps the earlier figures)."""
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def _cpus() -> int:

@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from alerts.model import RuleId
 from alerts.tables import Alert
-from rpmgw.bench.errors import BenchError
 from rpmgw.bench.harness import READINGS_TOPIC, BenchEnv, bp_payload, device_id, patient_id, wait_for
 from rpmgw.bench.smssink import SmsSink
 from rpmgw.db import make_engine, session_factory
@@ -29,6 +28,7 @@ Figures = dict[str, object]
 # Batching bounds latency from below: the bench runs the gateway with this batch wait (default 0.2 s).
 BATCH_MAX_WAIT = "0.02"
 WORKER_INTERVAL = "0.05"
+PROBE_TIMEOUT = 15.0
 
 
 def percentiles(values_ms: list[float]) -> dict[str, float | int]:
@@ -111,6 +111,7 @@ def alert_latency(env: BenchEnv, *, probes: int, background_rate: int) -> Figure
     load = BackgroundLoad(env, background_rate).start()
     to_alert: list[float] = []
     to_sms: list[float] = []
+    missed = 0
     client = env.mqtt_client(f"bench-probe-{uuid.uuid4().hex[:6]}")
     client.connect(env.broker.host, env.broker.port)
     client.loop_start()
@@ -122,12 +123,13 @@ def alert_latency(env: BenchEnv, *, probes: int, background_rate: int) -> Figure
             payload = bp_payload(device, datetime.now(UTC), systolic=205, diastolic=125)
             started = time.monotonic()
             client.publish(READINGS_TOPIC.format(device=device), payload, qos=1)
-            alert_at = _poll(partial(_has_alert, sessions, patient), 10)
+            alert_at = _poll(partial(_has_alert, sessions, patient), PROBE_TIMEOUT)
             if alert_at is None:
-                raise BenchError(f"no alert for {patient} within 10 s")
+                missed += 1  # the gateway fell behind the load: counted, not timed
+                continue
             to_alert.append((alert_at - started) * 1000)
             # Texts sent before (e.g. the no-data reminder of a new patient) do not count.
-            sms_at = _poll(partial(sink.first_arrival, phone, started), 15)
+            sms_at = _poll(partial(sink.first_arrival, phone, started), PROBE_TIMEOUT)
             if sms_at is not None:
                 to_sms.append((sms_at - started) * 1000)
             gateway.check_alive()
@@ -147,7 +149,9 @@ def alert_latency(env: BenchEnv, *, probes: int, background_rate: int) -> Figure
         "worker_interval_s": float(WORKER_INTERVAL),
         "alert_row": percentiles(to_alert),
         "sms_request": percentiles(to_sms),
+        "alert_missing": missed,
         "sms_missing": probes - len(to_sms),
+        "probe_timeout_s": PROBE_TIMEOUT,
     }
 
 
