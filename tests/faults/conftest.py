@@ -42,6 +42,7 @@ CATALOGUE: tuple[tuple[str, str, str], ...] = (
     ("influx_down", "InfluxDB down while readings keep coming", "nothing lost; memory bounded"),
     ("broker_restart", "Broker restarted (SIGTERM) under load", "nothing lost or doubled"),
     ("broker_sigkill", "Broker SIGKILLed, restarted", "measured: see residual risk"),
+    ("fleet_reconnect", "Broker restarted under 1,000 connected devices", "reconnect spread by jitter; nothing lost"),
     ("db_down", "PostgreSQL unreachable (TCP cut) under load", "alerts deferred, not skipped"),
     ("sms_failures", "SMS provider: timeout, 429, 500, invalid number", "no SMS twice; failure visible"),
     ("gateway_sigterm", "Gateway SIGTERM under load, restarted", "batch flushed; nothing lost"),
