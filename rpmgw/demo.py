@@ -33,6 +33,7 @@ from rpmgw.db import make_engine, session_factory, upgrade
 from rpmgw.demo_seed import DEMO_ADMIN, DEMO_DOCTOR, DEMO_PASSWORDS, DEMO_SEED, seed_demo
 from rpmgw.errors import ServerStartError
 from rpmgw.models import Device
+from rpmgw.servers import die_with_parent
 from rpmgw.servers.influxdb import InfluxServer
 from rpmgw.servers.mosquitto import MosquittoServer
 from rpmgw.settings import Settings, load_settings
@@ -52,6 +53,8 @@ class DemoOptions:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
+        # As the servers themselves do: a port left in TIME_WAIT by the previous run is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -91,10 +94,14 @@ class Demo:
         influx: InfluxServer | None = None
         try:
             click.echo(f"starting Mosquitto on 127.0.0.1:{self.options.mqtt_port} ...")
-            mosquitto = MosquittoServer.start(self.base / "mosquitto", self.options.mqtt_port)
+            mosquitto = MosquittoServer.start(
+                self.base / "mosquitto", self.options.mqtt_port, die_with_parent=True
+            )
             self._write_pid("mosquitto", mosquitto.process.pid)
             click.echo(f"starting InfluxDB 1.x on 127.0.0.1:{self.options.influx_port} ...")
-            influx = InfluxServer.start(self.base / "influxdb", http_port=self.options.influx_port)
+            influx = InfluxServer.start(
+                self.base / "influxdb", http_port=self.options.influx_port, die_with_parent=True
+            )
             self._write_pid("influxd", influx.process.pid)
             env = {**self._child_env(influx.url), **mosquitto.client_env(mosquitto.gateway_credentials)}
             settings = load_settings(
@@ -176,6 +183,7 @@ class Demo:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         log_file.close()
         self._children[name] = process

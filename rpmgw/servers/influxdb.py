@@ -16,6 +16,7 @@ from types import TracebackType
 import requests
 
 from rpmgw.errors import ServerStartError
+from rpmgw.servers import die_with_parent as _die_with_parent
 from rpmgw.servers import free_port
 
 DEFAULT_INFLUXD = "/usr/bin/influxd"
@@ -98,6 +99,7 @@ class InfluxServer:
         influxd: str = DEFAULT_INFLUXD,
         *,
         startup_timeout: float = 30.0,
+        die_with_parent: bool = False,
     ) -> InfluxServer:
         """Start influxd under `base_dir` and wait until it answers /ping; raises ServerStartError."""
         if not Path(influxd).is_file():
@@ -122,6 +124,7 @@ class InfluxServer:
                 stderr=subprocess.STDOUT,
                 # Empty environment: INFLUXDB_* variables would silently override the generated config.
                 env={},
+                preexec_fn=_die_with_parent if die_with_parent else None,
             )
         server = cls(process, base_dir, http_port, rpc_port, log_path)
         server._wait_ready(startup_timeout, log_start)

@@ -28,6 +28,7 @@ from rpmgw.broker_accounts import (
     set_password,
 )
 from rpmgw.errors import ServerStartError
+from rpmgw.servers import die_with_parent as _die_with_parent
 from rpmgw.servers import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -178,6 +179,7 @@ class MosquittoServer:
         extra_config: str = "",
         tls: TlsFiles | None = None,
         timeout: float = 15.0,
+        die_with_parent: bool = False,
     ) -> MosquittoServer:
         """Start the broker and wait until it accepts connections (and is still our process).
 
@@ -216,6 +218,7 @@ class MosquittoServer:
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             start_new_session=True,
+            preexec_fn=_die_with_parent if die_with_parent else None,
         )
         stderr.close()
         server = cls(
