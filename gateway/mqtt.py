@@ -25,10 +25,6 @@ from rpmgw.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 
-# The broker keeps the gateway's session (subscription and queued readings) this long while it is
-# away; the broker's own persistent_client_expiration may shorten it.
-SESSION_EXPIRY_SECONDS = 30 * 24 * 3600
-
 
 @dataclass(frozen=True, slots=True)
 class InboundMessage:
@@ -91,7 +87,8 @@ class MqttConsumer:
     def start(self) -> None:
         """Connect in the background; paho's network thread reconnects with backoff on its own."""
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
+        # The broker's own persistent_client_expiration may shorten it.
+        properties.SessionExpiryInterval = self._settings.session_expiry_seconds
         # Bounds how many unacknowledged readings the broker sends us, and so our memory.
         properties.ReceiveMaximum = self._settings.receive_maximum
         self._client.connect_async(

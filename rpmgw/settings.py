@@ -37,6 +37,9 @@ class MqttSettings(BaseModel):
     # How many unacknowledged readings the broker may send before waiting for our acks
     # (MQTT v5 Receive Maximum). It bounds the gateway's in-memory queue.
     receive_maximum: int = Field(default=10_000, ge=1, le=65_535)
+    # How long the broker keeps the gateway's session (subscription and queued readings) while it is
+    # away. A broker that hands a dead member's share to the others (EMQX) makes a short value useful.
+    session_expiry_seconds: int = Field(default=30 * 24 * 3600, ge=0, le=0xFFFFFFFF)
     # Topic filter; a `$share/<group>/...` filter lets several gateways split the load.
     topic: str = "rpm/devices/+/readings"
     reconnect_min_delay: float = Field(default=0.5, gt=0)
