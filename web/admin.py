@@ -26,7 +26,7 @@ from rpmgw.errors import RpmgwError
 from rpmgw.models import DEVICE_KINDS
 from web import accounts, audit
 from web.audit import AuditFilter
-from web.context import commit, db, now, record, requires, services
+from web.context import commit, db, now, record, refused, requires, services
 from web.i18n import LANGUAGES
 from web.tables import StaffCredential
 
@@ -42,8 +42,7 @@ def _attempt(action: Callable[[], str], success: str, target: str) -> ResponseRe
         detail = action()
     except RpmgwError as exc:
         db().rollback()
-        flash(str(exc), "error")
-        return redirect(target)
+        return refused(str(exc), target)
     commit()
     flash(success + (f": {detail}" if detail else ""), "ok")
     return redirect(target)

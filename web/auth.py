@@ -7,7 +7,7 @@ from flask.typing import ResponseReturnValue
 from flask_babel import gettext
 
 from web import accounts
-from web.context import commit, current_staff, db, now, origin, record, requires, services
+from web.context import commit, current_staff, db, now, origin, record, refused, requires, services
 from web.errors import InvalidCredentials, LoginThrottled, WeakPassword
 from web.i18n import LANGUAGES
 
@@ -117,8 +117,7 @@ def change_password() -> ResponseReturnValue:
     current = request.form.get("current", "")
     new = request.form.get("new", "")
     if new != request.form.get("repeat", ""):
-        flash(gettext("The new passwords differ."), "error")
-        return redirect(url_for("auth.account"))
+        return refused(gettext("The new passwords differ."), url_for("auth.account"))
     try:
         accounts.authenticate(
             db(), staff.username, current, origin=origin(), now=now(), settings=services().settings.web
@@ -126,17 +125,15 @@ def change_password() -> ResponseReturnValue:
         accounts.set_password(db(), staff, new, now=now())
     except (InvalidCredentials, LoginThrottled):
         commit()  # the failed attempt is audited and counts towards the throttle
-        flash(gettext("The current password is wrong."), "error")
-        return redirect(url_for("auth.account"))
+        return refused(gettext("The current password is wrong."), url_for("auth.account"), 403)
     except WeakPassword:
-        flash(
+        return refused(
             gettext(
                 "The new password must have at least %(n)d characters and not contain the username.",
                 n=accounts.MIN_PASSWORD_LENGTH,
             ),
-            "error",
+            url_for("auth.account"),
         )
-        return redirect(url_for("auth.account"))
     record("change_password")
     # Our own session ended with the others: start a new one.
     token = accounts.start_session(db(), staff, ip=origin().ip, now=now())

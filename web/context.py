@@ -14,7 +14,8 @@ from datetime import datetime
 from functools import wraps
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
-from flask import abort, current_app, g, jsonify, redirect, request, url_for
+from flask import abort, current_app, g, jsonify, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session, sessionmaker
 
 from alerts.tables import Staff
@@ -170,3 +171,8 @@ def requires(*roles: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
         return wrapped
 
     return decorate
+
+
+def refused(message: str, back: str, status: int = 400) -> ResponseReturnValue:
+    """A form that was not accepted: a 4xx with its readable reason and the way back to the form."""
+    return render_template("refused.html", code=status, message=message, back=back), status

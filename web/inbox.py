@@ -25,7 +25,7 @@ from alerts.tables import REASON_CODES, SEVERITIES, Acknowledgement, Alert, Aler
 from gateway.errors import StorageError
 from rpmgw.models import Patient
 from web import access
-from web.context import commit, current_staff, db, deny, now, record, requires, services
+from web.context import commit, current_staff, db, deny, now, record, refused, requires, services
 from web.patients import chart_context
 
 inbox = Blueprint("alerts", __name__, url_prefix="/alerts")
@@ -285,8 +285,11 @@ def acknowledge(alert_id: int) -> ResponseReturnValue:
         )
     except AlreadyAcknowledged:
         db().rollback()
-        flash(gettext("Someone acknowledged this alert already."), "error")
-        return redirect(url_for("alerts.alert_page", alert_id=alert_id))
+        return refused(
+            gettext("Someone acknowledged this alert already."),
+            url_for("alerts.alert_page", alert_id=alert_id),
+            409,
+        )
     except UnknownStaff:
         db().rollback()
         deny(patient_id=alert.patient_id, object_type="alert", object_id=alert_id)

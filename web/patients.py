@@ -29,7 +29,7 @@ from gateway.errors import StorageError
 from gateway.timeseries.base import StoredReading
 from rpmgw.models import Enrolment, Patient
 from web import access, readings
-from web.context import commit, current_staff, db, deny, now, record, requires, services
+from web.context import commit, current_staff, db, deny, now, record, refused, requires, services
 from web.readings import GLUCOSE_UNITS, BpMean, GlucoseUnit
 
 patients = Blueprint("patients", __name__, url_prefix="/patients")
@@ -447,8 +447,7 @@ def change_thresholds(patient_id: str) -> ResponseReturnValue:
     reason = request.form.get("reason", "").strip()
     target = url_for("patients.patient_page", patient_id=patient.id) + "#thresholds"
     if not reason:
-        flash(gettext("A threshold change needs a reason."), "error")
-        return redirect(target)
+        return refused(gettext("A threshold change needs a reason."), target)
     try:
         overrides = parse_overrides(request.form)
         version = threshold_store.set_patient_thresholds(
@@ -462,8 +461,7 @@ def change_thresholds(patient_id: str) -> ResponseReturnValue:
         )
     except (ValueError, ThresholdsError, AlertsError) as exc:
         db().rollback()
-        flash(gettext("Thresholds not changed: %(why)s", why=str(exc)), "error")
-        return redirect(target)
+        return refused(gettext("Thresholds not changed: %(why)s", why=str(exc)), target)
     record(
         "change_thresholds",
         patient_id=patient.id,

@@ -14,11 +14,13 @@ from tests.web.conftest import NOW, Clinic, csrf_token, login
 from web.tables import AuditEntry
 
 
-def _post(clinic: Clinic, path: str, form: dict[str, str], username: str = "admin") -> str:
+def _post(
+    clinic: Clinic, path: str, form: dict[str, str], username: str = "admin", *, status: int = 200
+) -> str:
     client = clinic.client(username)
     token = csrf_token(client, "/account")
     response = client.post(path, data={**form, "csrf_token": token}, follow_redirects=True)
-    assert response.status_code == 200
+    assert response.status_code == status
     return response.get_data(as_text=True)
 
 
@@ -57,7 +59,7 @@ def test_an_administrator_adds_a_doctor_who_can_log_in_and_sees_the_teams_patien
 def test_bad_staff_details_are_refused_with_the_reason(
     clinic: Clinic, form: dict[str, str], message: str
 ) -> None:
-    page = _post(clinic, "/admin/staff", {**form, "password": "first password ok"})
+    page = _post(clinic, "/admin/staff", {**form, "password": "first password ok"}, status=400)
     assert message in page
 
 
@@ -97,6 +99,7 @@ def test_an_overlapping_enrolment_is_refused(clinic: Clinic) -> None:
         clinic,
         "/admin/devices/enrol",
         {"device_id": "bp-P-1", "patient_id": "P-2", "valid_from": "2026-09-01T08:00"},
+        status=400,
     )
     assert "a new enrolment must start after that" in page
 

@@ -119,6 +119,7 @@ def test_invalid_thresholds_are_refused_with_the_field_named(
     response = client.post(
         "/patients/P-1/thresholds", data={**form, "csrf_token": token}, follow_redirects=True
     )
+    assert response.status_code == 400
     assert message in response.get_data(as_text=True)
     with clinic.sessions() as session:
         assert session.scalars(select(ThresholdVersion)).all() == []
