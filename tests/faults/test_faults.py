@@ -304,11 +304,18 @@ def test_sms_provider_failures(fault_env: FaultDeployment, fault_report: Record)
         env.publish(payloads)
         started = time.monotonic()
         wait_until(lambda: len(env.twilio.messages) >= 2, 90, "the texts after timeout, 429 and 5xx")
-        wait_until(lambda: env.outbox_statuses().get("pending", 0) == 0, 60, "the outbox to settle")
+        # Settled: no row of the first alert still pending, in flight or waiting for a retry, so the
+        # next injected failure can only meet the second alert's texts.
+        wait_until(
+            lambda: not {"pending", "in_flight"} & set(env.outbox_statuses()),
+            60,
+            "the first alert's texts to settle",
+        )
         recovery = time.monotonic() - started
         # A permanent failure: the second patient's number is refused by the provider.
         env.twilio.fail_next(FakeResponse.invalid_number())
         env.publish([bp_payload(devices[1], systolic=200, diastolic=125, minutes_ago=0.1)])
+        wait_until(lambda: "P-sms-001" in env.alerts_by_patient("bp_high"), 60, "the second patient's alert")
         wait_until(lambda: env.outbox_statuses().get("failed", 0) >= 1, 90, "the refused text marked failed")
         fault_report(
             FaultResult(
