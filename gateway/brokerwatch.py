@@ -12,10 +12,10 @@ import threading
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.mqtt import make_client
 from rpmgw.settings import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -32,17 +32,8 @@ class BrokerDropWatch:
         self._last: int | None = None
         self.dropped = 0  # increases seen since this watcher started
         self.broker_total: int | None = None  # the broker's own counter (since the broker started)
-        self._client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"{settings.client_id}-dropwatch",
-            protocol=mqtt.MQTTv5,
-        )
-        if settings.username is not None:
-            self._client.username_pw_set(settings.username, settings.password)
-        self._client.reconnect_delay_set(
-            min_delay=max(1, round(settings.reconnect_min_delay)),
-            max_delay=max(1, round(settings.reconnect_max_delay)),
-        )
+        # Same credentials, TLS and backoff as the gateway's own connection.
+        self._client = make_client(settings, f"{settings.client_id}-dropwatch")
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
 

@@ -38,6 +38,27 @@ class InboundMessage:
     received_at: datetime
 
 
+def make_client(settings: MqttSettings, client_id: str) -> mqtt.Client:
+    """A paho MQTT v5 client with the gateway's credentials, TLS and reconnect backoff (not connected)."""
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+    )
+    if settings.username is not None:
+        client.username_pw_set(settings.username, settings.password)
+    if settings.tls_ca is not None:
+        # Verifies the broker's certificate and host name against the given CA.
+        client.tls_set(
+            ca_certs=str(settings.tls_ca),
+            certfile=str(settings.tls_cert) if settings.tls_cert else None,
+            keyfile=str(settings.tls_key) if settings.tls_key else None,
+        )
+    client.reconnect_delay_set(
+        min_delay=max(1, round(settings.reconnect_min_delay)),
+        max_delay=max(1, round(settings.reconnect_max_delay)),
+    )
+    return client
+
+
 class MqttConsumer:
     """A persistent-session MQTT v5 subscriber with manual acknowledgement and automatic reconnect."""
 
@@ -55,25 +76,8 @@ class MqttConsumer:
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self.reconnects = 0
-        self._client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=settings.client_id,
-            protocol=mqtt.MQTTv5,
-        )
+        self._client = make_client(settings, settings.client_id)
         self._client.manual_ack_set(True)
-        if settings.username is not None:
-            self._client.username_pw_set(settings.username, settings.password)
-        if settings.tls_ca is not None:
-            # Verifies the broker's certificate and host name against the given CA.
-            self._client.tls_set(
-                ca_certs=str(settings.tls_ca),
-                certfile=str(settings.tls_cert) if settings.tls_cert else None,
-                keyfile=str(settings.tls_key) if settings.tls_key else None,
-            )
-        self._client.reconnect_delay_set(
-            min_delay=max(1, round(settings.reconnect_min_delay)),
-            max_delay=max(1, round(settings.reconnect_max_delay)),
-        )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
