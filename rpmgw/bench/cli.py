@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-PARTS = ("limits", "drain", "scaleout", "alerts", "web")
+PARTS = ("limits", "drain", "scaleout", "ramp", "alerts", "web")
 
 
 @click.command()
@@ -44,6 +44,28 @@ PARTS = ("limits", "drain", "scaleout", "alerts", "web")
     show_default=True,
     help="Where to write the figures.",
 )
+@click.option("--ramp-start", default=500, show_default=True, help="First step of 'ramp', readings/s.")
+@click.option(
+    "--ramp-step",
+    default="x1.5",
+    show_default=True,
+    help="Next step of 'ramp': xF multiplies the rate by F (two significant digits), N adds N readings/s.",
+)
+@click.option("--ramp-max", default=20_000, show_default=True, help="Highest step of 'ramp', readings/s.")
+@click.option(
+    "--ramp-step-seconds",
+    type=click.FloatRange(min=1.0),
+    default=10.0,
+    show_default=True,
+    help="How long 'ramp' holds each step (the first quarter is not measured).",
+)
+@click.option(
+    "--ramp-publishers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Publisher threads in 'ramp' (each its own MQTT connection; one process, so one GIL).",
+)
 @click.option("--alert-probes", default=60, show_default=True, help="Critical readings timed in 'alerts'.")
 @click.option("--background-rate", default=5_000, show_default=True, help="Readings/s of load in 'alerts'.")
 @click.option("--inbox-alerts", default=10_000, show_default=True, help="Alerts in the inbox in 'web'.")
@@ -56,16 +78,22 @@ def bench(
     database_url: str | None,
     base_dir: Path | None,
     json_path: Path,
+    ramp_start: int,
+    ramp_step: str,
+    ramp_max: int,
+    ramp_step_seconds: float,
+    ramp_publishers: int,
     alert_probes: int,
     background_rate: int,
     inbox_alerts: int,
     web_requests: int,
 ) -> None:
-    """Measure backlog drain, limits, scale-out, alert latency and web response times; print a table."""
+    """Measure backlog drain, limits, scale-out, live-ingest ramp, alert latency and web pages; print a table."""
     # Imported here: every rpmgw command imports this module, and these pull in Flask and more.
     from rpmgw.bench import scenarios
     from rpmgw.bench.harness import BenchEnv, backlog_workload
     from rpmgw.bench.latency import alert_latency
+    from rpmgw.bench.ramp import RampOptions, live_ramp
     from rpmgw.bench.report import render_table
     from rpmgw.bench.webpages import web_response_times
 
@@ -73,6 +101,17 @@ def bench(
     unknown = set(wanted) - set(PARTS)
     if unknown:
         raise click.BadParameter(f"unknown parts: {', '.join(sorted(unknown))}", param_hint="--parts")
+    ramp = RampOptions(
+        start=ramp_start,
+        step=ramp_step,
+        max_rate=ramp_max,
+        step_seconds=ramp_step_seconds,
+        publishers=ramp_publishers,
+    )
+    try:
+        ramp_steps = ramp.rates()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ramp-start/--ramp-step/--ramp-max") from exc
     temporary = base_dir is None
     root = Path(tempfile.mkdtemp(prefix="rpmgw-bench-")) if base_dir is None else base_dir.resolve()
     results: dict[str, object] = {
@@ -85,6 +124,7 @@ def bench(
             "parts": wanted,
             "background_rate": background_rate,
             "inbox_alerts": inbox_alerts,
+            "ramp_rates": ramp_steps,
         },
     }
     click.echo(f"bench: servers and logs under {root}", err=True)
@@ -103,6 +143,10 @@ def bench(
         if "scaleout" in wanted:
             click.echo("bench: backlog drain, 2 gateways ($share)", err=True)
             results["drain_2"] = scenarios.backlog_drain(env, workload, scenarios.DrainOptions(processes=2))
+            _save(json_path, results)
+        if "ramp" in wanted:
+            click.echo(f"bench: live-ingest ramp, {ramp_start:,} to {ramp_max:,} readings/s", err=True)
+            results["ramp"] = live_ramp(env, ramp)
             _save(json_path, results)
         if "alerts" in wanted:
             click.echo(f"bench: alert latency under {background_rate:,} readings/s", err=True)

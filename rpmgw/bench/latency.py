@@ -44,45 +44,69 @@ def percentiles(values_ms: list[float]) -> dict[str, float | int]:
 
 
 class BackgroundLoad:
-    """Publishes normal readings from the bench's devices at `rate` per second until stopped."""
+    """Publishes normal readings from the bench's devices at `rate` per second until stopped.
 
-    def __init__(self, env: BenchEnv, rate: int) -> None:
+    `published` counts messages handed to paho, `acknowledged` their PUBACKs. At most `window` are
+    unacknowledged at a time: a broker that cannot keep up slows the publisher down (it shows in the
+    achieved rate) instead of growing paho's queue. `set_rate` changes the rate while it runs; a
+    publisher that falls behind its rate publishes flat out until it has caught up.
+    """
+
+    def __init__(self, env: BenchEnv, rate: float, *, window: int = 500, first_index: int = 0) -> None:
         self._env = env
-        self._rate = rate
+        self._rate = float(rate)
+        self._window = window
+        self._index = first_index
+        self._rebase = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-load", daemon=True)
         self.published = 0
+        self.acknowledged = 0
 
     def start(self) -> BackgroundLoad:
         """Start publishing."""
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """Stop publishing and wait for the thread."""
+    def set_rate(self, rate: float) -> None:
+        """Publish at `rate` per second from now on (no catching up on the previous rate)."""
+        self._rate = float(rate)
+        self._rebase.set()
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop publishing, wait (up to `timeout` s) for the PUBACKs of what was published, then return."""
         self._stop.set()
-        self._thread.join(30)
+        self._thread.join(timeout)
+
+    def _on_publish(self, *args: object) -> None:
+        self.acknowledged += 1  # paho's network thread is the only writer
 
     def _run(self) -> None:
         client = self._env.mqtt_client(f"bench-load-{uuid.uuid4().hex[:6]}")
-        client.max_inflight_messages_set(1_000)
+        client.max_inflight_messages_set(self._window)
+        client.on_publish = self._on_publish
         client.connect(self._env.broker.host, self._env.broker.port)
         client.loop_start()
         tick = 0.01
-        per_tick = max(1, round(self._rate * tick))
-        next_at = time.monotonic()
-        index = 0
+        since, base = time.monotonic(), 0
         try:
             while not self._stop.is_set():
+                if self._rebase.is_set():
+                    self._rebase.clear()
+                    since, base = time.monotonic(), self.published
+                due = base + int(self._rate * (time.monotonic() - since))
+                room = self._window - (self.published - self.acknowledged)
                 now = datetime.now(UTC)
-                for _ in range(per_tick):
-                    device = device_id(index % self._env.devices)
+                for _ in range(max(0, min(due - self.published, room))):
+                    device = device_id(self._index % self._env.devices)
                     payload = bp_payload(device, now - timedelta(seconds=30))
                     client.publish(READINGS_TOPIC.format(device=device), payload, qos=1)
-                    index += 1
-                self.published = index
-                next_at += tick
-                self._stop.wait(max(0.0, next_at - time.monotonic()))
+                    self._index += 1
+                    self.published += 1
+                self._stop.wait(tick)
+            deadline = time.monotonic() + 30
+            while self.acknowledged < self.published and time.monotonic() < deadline:
+                time.sleep(0.01)
         finally:
             client.disconnect()
             client.loop_stop()

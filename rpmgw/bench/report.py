@@ -37,6 +37,7 @@ def render_table(results: Mapping[str, object]) -> str:
     if isinstance(ratios, Mapping):
         for name, value in ratios.items():
             lines.append(_row(f"ratio {name.replace('_', ' ')}", f"{float(value):.2f}"))
+    lines.extend(_ramp_rows(results.get("ramp")))
     latency = results.get("alert_latency")
     if isinstance(latency, Mapping):
         for target in ("alert_row", "sms_request"):
@@ -62,3 +63,30 @@ def render_table(results: Mapping[str, object]) -> str:
                     )
                 )
     return "\n".join(lines)
+
+
+def _ramp_rows(ramp: object) -> list[str]:
+    """The ramp's answer, then one row per step."""
+    if not isinstance(ramp, Mapping):
+        return []
+    rows = [
+        _row(
+            "live ingest, 1 gateway: highest sustained rate",
+            f"{ramp['highest_sustained_rate']:,} readings/s",
+            f"stored {ramp['highest_sustained_stored_rate']:,}/s at that step; stopped by {ramp['stopped_by']}; "
+            f"{ramp['step_seconds']} s steps; lost {ramp['lost']}, doubled {ramp['doubled']}, "
+            f"quarantined {ramp['quarantined']} of {ramp['acknowledged']:,} published",
+        )
+    ]
+    for step in ramp["steps"]:
+        verdict = "sustained" if step["sustained"] else f"NOT sustained ({step['limited_by']})"
+        rows.append(
+            _row(
+                f"ramp step {step['target_rate']:,}/s",
+                f"stored {step['stored_rate']:,}/s",
+                f"published {step['publish_rate']:,}/s; lag at end {step['lag_end']:,} ({step['lag_end_s']} s), "
+                f"trend {step['lag_trend_per_s']:+,}/s; CPU gateway {step['gateway_cpu_percent']} %, "
+                f"publisher {step['bench_cpu_percent']} %; {verdict}",
+            )
+        )
+    return rows

@@ -94,7 +94,6 @@ def backlog_drain(env: BenchEnv, workload: Workload, options: DrainOptions) -> F
     stored_metric = stored()
     for process in gateways:
         process.stop()
-    counts = _msg_id_counts(env, database)
     elapsed = done - ready
     return {
         "processes": options.processes,
@@ -107,19 +106,23 @@ def backlog_drain(env: BenchEnv, workload: Workload, options: DrainOptions) -> F
         "cpu_percent": round(100 * cpu / elapsed / options.processes, 1),
         "peak_rss_mib": round(peak_rss, 1),
         "stored_metric": int(stored_metric),
+        **integrity(env, database, expected=workload.valid, quarantined_before=quarantined_before),
+    }
+
+
+def integrity(env: BenchEnv, database: str, *, expected: int, quarantined_before: int) -> Figures:
+    """After a run into InfluxDB `database`: distinct readings stored, `expected` ones lost, doubled,
+    quarantined since `quarantined_before`, alerts opened twice."""
+    counts: Counter[str] = Counter()
+    with _store(env, database) as store:
+        counts.update(store.msg_id_counts("blood_pressure"))
+    return {
         "stored_distinct": len(counts),
-        "lost": max(0, workload.valid - len(counts)),
+        "lost": max(0, expected - len(counts)),
         "doubled": sum(1 for n in counts.values() if n > 1),
         "quarantined": env.quarantined() - quarantined_before,
         "alerts_doubled": _doubled_alerts(env),
     }
-
-
-def _msg_id_counts(env: BenchEnv, database: str) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    with _store(env, database) as store:
-        counts.update(store.msg_id_counts("blood_pressure"))
-    return counts
 
 
 def _doubled_alerts(env: BenchEnv) -> int:

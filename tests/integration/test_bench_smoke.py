@@ -9,37 +9,30 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.slow
 
 
-def test_bench_runs_a_tiny_configuration_and_writes_the_json(tmp_path: Path) -> None:
+def _bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
+    """Run `rpmgw bench ARGS` under `tmp_path`; (the JSON it wrote, its stdout)."""
     out = tmp_path / "bench.json"
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rpmgw",
-            "bench",
-            "--readings",
-            "2000",
-            "--devices",
-            "40",
-            "--parts",
-            "limits,drain,scaleout",
-            "--dir",
-            str(tmp_path / "bench"),
-            "--json",
-            str(out),
-        ],
+        [sys.executable, "-m", "rpmgw", "bench", *args, "--dir", str(tmp_path / "bench"), "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads(out.read_text())
+    return json.loads(out.read_text()), run.stdout
+
+
+def test_bench_runs_a_tiny_configuration_and_writes_the_json(tmp_path: Path) -> None:
+    results, stdout = _bench(
+        tmp_path, "--readings", "2000", "--devices", "40", "--parts", "limits,drain,scaleout"
+    )
     assert results["bare_subscriber"]["messages"] == 2000
     assert results["influx_write"]["points"] == 1980
     for key, processes in (("drain_1", 1), ("drain_2", 2)):
@@ -56,4 +49,43 @@ def test_bench_runs_a_tiny_configuration_and_writes_the_json(tmp_path: Path) -> 
         "drain_1_vs_influx_write",
         "two_vs_one_gateway",
     }
-    assert "| backlog drain, 1 gateway |" in run.stdout
+    assert "| backlog drain, 1 gateway |" in stdout
+
+
+def test_bench_ramp_runs_two_short_steps_and_loses_nothing(tmp_path: Path) -> None:
+    results, stdout = _bench(
+        tmp_path,
+        "--devices",
+        "40",
+        "--parts",
+        "ramp",
+        "--ramp-start",
+        "100",
+        "--ramp-step",
+        "100",
+        "--ramp-max",
+        "200",
+        "--ramp-step-seconds",
+        "2",
+    )
+    assert results["config"]["ramp_rates"] == [100, 200]
+    ramp = results["ramp"]
+    steps = ramp["steps"]
+    # Whether a step is sustained depends on the machine; the ramp stops at the first that is not.
+    assert [step["target_rate"] for step in steps] == [100, 200][: len(steps)]
+    assert all(step["sustained"] for step in steps[:-1])
+    if steps[-1]["sustained"]:
+        assert (len(steps), ramp["stopped_by"]) == (2, "ramp_max")
+        assert ramp["highest_sustained_rate"] == 200
+    else:
+        assert ramp["stopped_by"] == steps[-1]["limited_by"] in ("gateway", "publisher")
+    for step in steps:
+        assert step["publish_rate"] > 0
+        assert step["stored_rate"] >= 0
+        for field in ("lag_end", "lag_end_s", "lag_trend_per_s", "gateway_cpu_percent", "bench_cpu_percent"):
+            assert field in step, field
+    assert ramp["published"] == ramp["acknowledged"] > 0
+    assert ramp["stored_distinct"] == ramp["stored_metric"] == ramp["acknowledged"]
+    assert (ramp["lost"], ramp["doubled"], ramp["quarantined"]) == (0, 0, 0)
+    assert "| live ingest, 1 gateway: highest sustained rate |" in stdout
+    assert "| ramp step 100/s |" in stdout
