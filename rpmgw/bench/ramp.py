@@ -154,6 +154,7 @@ class Step:
 
     target_rate: int
     seconds: float  # measured (the step minus its settling time)
+    # Rates: least-squares slopes over the step's samples (two a second).
     publish_rate: int  # acknowledged by the broker (PUBACK)
     stored_rate: int  # rpmgw_readings_stored_total
     processed_rate: int  # rpmgw_readings_received_total (stored + quarantined)
@@ -161,7 +162,7 @@ class Step:
     lag_end: int
     lag_end_s: float  # lag_end in seconds of the achieved publish rate
     lag_max: int
-    lag_trend_per_s: float  # least-squares slope of the lag over the step's samples
+    lag_trend_per_s: float  # slope of the lag: publish_rate - processed_rate
     queue_depth_end: int  # of those, in the gateway's own queue (the rest waits on the broker)
     unacknowledged_end: int  # published, PUBACK not yet received
     gateway_cpu_percent: float
@@ -187,8 +188,11 @@ def _step(
         samples.append(probe.sample())
     last = samples[-1]
     elapsed = last.at - first.at
-    achieved = (last.acknowledged - first.acknowledged) / elapsed
-    stored_rate = (last.stored - first.stored) / elapsed
+    # Rates are slopes over all samples: the gateway's counters move a batch at a time, so two end
+    # points alone would be off by up to a batch (at 1,000/s and 7.5 s, several per cent).
+    times = [sample.at for sample in samples]
+    achieved = _slope(times, [sample.acknowledged for sample in samples])
+    stored_rate = _slope(times, [sample.stored for sample in samples])
     lags = [sample.acknowledged - sample.received for sample in samples]
     gateway_ok = (
         lags[-1] <= options.lag_bound_s * max(achieved, 1.0)
@@ -200,12 +204,12 @@ def _step(
         seconds=round(elapsed, 2),
         publish_rate=round(achieved),
         stored_rate=round(stored_rate),
-        processed_rate=round((last.received - first.received) / elapsed),
+        processed_rate=round(_slope(times, [sample.received for sample in samples])),
         lag_start=int(lags[0]),
         lag_end=int(lags[-1]),
         lag_end_s=round(lags[-1] / max(achieved, 1.0), 2),
         lag_max=int(max(lags)),
-        lag_trend_per_s=round(_slope([sample.at for sample in samples], lags), 1),
+        lag_trend_per_s=round(_slope(times, lags), 1),
         queue_depth_end=int(last.queue_depth),
         unacknowledged_end=last.published - last.acknowledged,
         gateway_cpu_percent=round(100 * (last.gateway_cpu - first.gateway_cpu) / elapsed, 1),
