@@ -20,11 +20,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from alerts.history import RecentReadings
 from alerts.lifecycle import ApplyResult, apply
 from alerts.model import Decision, ReadingView
-from alerts.rules import evaluate
+from alerts.rules import Series, evaluate_series
 from alerts.tables import Alert
 from alerts.threshold_store import thresholds_for
 from alerts.thresholds import Thresholds
-from alerts.timerules import record_activity
+from alerts.timerules import ActivityCache, record_activity
 from gateway import metrics
 from gateway.errors import GatewayError
 from gateway.timeseries.base import StoredReading
@@ -63,18 +63,19 @@ class AlertEngine:
         self._settings = settings
         self._clock = clock
         self._late_after = timedelta(minutes=settings.late_after_minutes)
+        self._activity = ActivityCache()
 
     def evaluate(self, batch: Sequence[StoredReading]) -> EngineResult:
         """Evaluate every reading of the batch (per patient, oldest first) and apply the decisions."""
         now = self._clock()
-        histories = self._history.for_batch(batch, now)
-        by_patient: dict[str, list[StoredReading]] = defaultdict(list)
-        for stored in batch:
-            by_patient[stored.patient_id].append(stored)
+        history = self._history.for_batch(batch, now)
+        by_patient: dict[str, list[tuple[StoredReading, ReadingView]]] = defaultdict(list)
+        for stored, view in zip(batch, history.views, strict=True):
+            by_patient[stored.patient_id].append((stored, view))
         try:
             with self._sessions.begin() as session:
                 thresholds = thresholds_for(session, by_patient.keys(), self._clinic)
-                decisions = self._decide(by_patient, histories, thresholds, now)
+                decisions = self._decide(by_patient, history.series, thresholds, now)
                 applied = apply(
                     session,
                     decisions,
@@ -82,24 +83,26 @@ class AlertEngine:
                     now=now,
                     settings=self._settings,
                 )
-                record_activity(
+                activity = record_activity(
                     session,
                     [
                         (s.patient_id, s.reading.type, s.reading.measured_at, s.reading.device_id)
                         for s in batch
                     ],
                     now,
+                    cache=self._activity,
                 )
                 opened = _rules_and_severities(session, applied.opened)
         except DBAPIError as exc:
             raise AlertStoreUnavailable(f"could not record alerts: {str(exc.orig)[:300]}") from exc
+        self._activity.remember(activity)  # committed: only now may later batches skip these rows
         metrics.record_alerts_opened(opened)
         return EngineResult(decisions, applied)
 
     def _decide(
         self,
-        by_patient: dict[str, list[StoredReading]],
-        histories: dict[str, list[ReadingView]],
+        by_patient: dict[str, list[tuple[StoredReading, ReadingView]]],
+        series: dict[str, dict[str, Series]],
         thresholds: dict[str, tuple[Thresholds, str]],
         now: datetime,
     ) -> list[Decision]:
@@ -107,25 +110,17 @@ class AlertEngine:
         for patient, readings in by_patient.items():
             patient_thresholds = thresholds.get(patient, (self._clinic, "clinic"))[0]
             seen: set[str] = set()
-            by_type = {
-                kind: [r for r in histories[patient] if r.type == kind]
-                for kind in ("blood_pressure", "glucose")
-            }
-            for stored in sorted(readings, key=lambda s: s.reading.measured_at):
+            views = []
+            for stored, view in sorted(readings, key=lambda pair: pair[0].reading.measured_at):
                 if stored.reading.msg_id in seen:  # a redelivery inside the same batch
                     continue
                 seen.add(stored.reading.msg_id)
-                view = ReadingView.from_stored(stored)
-                decisions.extend(
-                    evaluate(
-                        patient_thresholds,
-                        patient,
-                        by_type[view.type],
-                        view,
-                        now,
-                        late_after=self._late_after,
-                    )
+                views.append(view)
+            decisions.extend(
+                evaluate_series(
+                    patient_thresholds, patient, series[patient], views, now, late_after=self._late_after
                 )
+            )
         return decisions
 
 

@@ -12,7 +12,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import Insert, Table, bindparam, case, func, literal, select, update
@@ -65,12 +65,66 @@ class TimeRuleReport:
 # --- activity (gateway) --------------------------------------------------------------------------
 
 
-def record_activity(session: Session, readings: Sequence[Activity], now: datetime) -> None:
+@dataclass(frozen=True, slots=True)
+class ActivityWrites:
+    """What `record_activity` wrote: handed to `ActivityCache.remember` once the transaction commits."""
+
+    measured: Mapping[tuple[str, str], datetime]  # (patient_id, type) -> last_measured_at written
+    devices: frozenset[str]
+    now: datetime
+
+
+class ActivityCache:
+    """What this process last wrote of each patient's activity and each device's last_seen_at.
+
+    With it, `record_activity` skips a row that could not change anything: the reading is not newer than
+    what this process already wrote (the database keeps the newest of all writers, so it holds at least
+    that) and the row was written less than `refresh` ago. last_received_at and devices.last_seen_at are
+    then at most `refresh` behind (the time rules count in days); a patient's first reading of a type and
+    every newer reading are written at once, and so clear the no-data alerts they answer. Without it a
+    backlog drain rewrote every patient's row in every batch (profiled: a quarter of the gateway's time).
+    Bounded: past `max_entries` it forgets everything, which only costs writes.
+    """
+
+    def __init__(self, *, refresh: timedelta = timedelta(seconds=60), max_entries: int = 200_000) -> None:
+        self._refresh = refresh
+        self._max_entries = max_entries
+        self._measured: dict[tuple[str, str], tuple[datetime, datetime]] = {}  # -> (measured, written at)
+        self._devices: dict[str, datetime] = {}  # -> written at
+
+    def needs_write(self, key: tuple[str, str], measured_at: datetime, now: datetime) -> bool:
+        """Whether the activity row `key` must be written for a reading measured at `measured_at`."""
+        known = self._measured.get(key)
+        return known is None or measured_at > known[0] or now - known[1] >= self._refresh
+
+    def device_needs_write(self, device_id: str, now: datetime) -> bool:
+        """Whether the device's last_seen_at must be written."""
+        written = self._devices.get(device_id)
+        return written is None or now - written >= self._refresh
+
+    def remember(self, writes: ActivityWrites) -> None:
+        """Note committed writes (never call it for a transaction that rolled back)."""
+        if len(self._measured) + len(writes.measured) > self._max_entries:
+            self._measured.clear()
+        if len(self._devices) + len(writes.devices) > self._max_entries:
+            self._devices.clear()
+        for key, measured_at in writes.measured.items():
+            known = self._measured.get(key)
+            self._measured[key] = (measured_at if known is None else max(measured_at, known[0]), writes.now)
+        for device_id in writes.devices:
+            self._devices[device_id] = writes.now
+
+
+def record_activity(
+    session: Session, readings: Sequence[Activity], now: datetime, *, cache: ActivityCache | None = None
+) -> ActivityWrites:
     """Record a stored batch: newest measured_at per (patient, type), devices heard from now.
 
     One upsert for patient_activity and one UPDATE (executemany) for devices, whatever the batch size;
     both keep the newest value when two gateways write at once. The readings also clear the no-data
-    alert of their type and the device-silent alert of their device.
+    alert of their type and the device-silent alert of their device. With a `cache`, rows that would
+    change nothing are skipped (see `ActivityCache`); the caller remembers the returned writes after
+    the commit.
     """
     newest: dict[tuple[str, str], datetime] = {}
     devices: set[str] = set()
@@ -81,6 +135,9 @@ def record_activity(session: Session, readings: Sequence[Activity], now: datetim
         key = (patient_id, reading_type)
         if key not in newest or measured_at > newest[key]:
             newest[key] = measured_at
+    if cache is not None:
+        newest = {key: m for key, m in newest.items() if cache.needs_write(key, m, now)}
+        devices = {d for d in devices if cache.device_needs_write(d, now)}
     if newest:
         # Sorted: two gateways upserting overlapping rows take their locks in the same order.
         rows = [
@@ -98,7 +155,13 @@ def record_activity(session: Session, readings: Sequence[Activity], now: datetim
             .values(last_seen_at=case((seen.is_(None), heard), (seen < heard, heard), else_=seen)),
             [{"device": d} for d in sorted(devices)],
         )
-    _clear_answered(session, newest.keys(), _device_patients(readings), now)
+    device_patients = {
+        patient: seen_devices & devices
+        for patient, seen_devices in _device_patients(readings).items()
+        if seen_devices & devices
+    }
+    _clear_answered(session, newest.keys(), device_patients, now)
+    return ActivityWrites(newest, frozenset(devices), now)
 
 
 def clear_no_data(session: Session, patient_id: str, reading_type: str, now: datetime) -> bool:

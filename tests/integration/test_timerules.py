@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from alerts.model import Confirmation
 from alerts.tables import Alert, PatientActivity
 from alerts.thresholds import Thresholds, with_overrides
-from alerts.timerules import TimeRuleReport, clear_no_data, record_activity, run_time_rules
+from alerts.timerules import ActivityCache, TimeRuleReport, clear_no_data, record_activity, run_time_rules
 from rpmgw import admin
 from rpmgw.db import make_engine, session_factory
 from rpmgw.models import Device
@@ -90,6 +90,83 @@ def test_record_activity_keeps_the_newest_and_marks_devices_seen(migrated_db: Mi
         "glucose": (T0 + MIN, T0 + 10 * MIN),
     }
     assert seen == {BP_DEVICE: T0 + 20 * MIN, GLUCOSE_DEVICE: T0 + 10 * MIN}
+
+
+def _activity_and_seen(
+    sessions: sessionmaker[Session],
+) -> tuple[dict[str, tuple[datetime, datetime]], datetime]:
+    with sessions() as session:
+        activity = {
+            a.type: (a.last_measured_at, a.last_received_at) for a in session.scalars(select(PatientActivity))
+        }
+        seen = session.scalars(select(Device.last_seen_at).where(Device.id == BP_DEVICE)).one()
+    assert seen is not None
+    return activity, seen
+
+
+def test_the_activity_cache_skips_only_rows_that_would_not_change_and_refreshes_them(
+    migrated_db: MigratedDb,
+) -> None:
+    sessions = migrated_db.sessions
+    setup_clinic(sessions)
+    _enrol(sessions)
+    cache = ActivityCache(refresh=timedelta(seconds=60))
+
+    def batch(measured_at: datetime, now: datetime, *, commit: bool = True) -> None:
+        session = sessions()
+        try:
+            writes = record_activity(
+                session, [(PATIENT, "blood_pressure", measured_at, BP_DEVICE)], now, cache=cache
+            )
+            if not commit:
+                session.rollback()
+                return
+            session.commit()
+            cache.remember(writes)
+        finally:
+            session.close()
+
+    batch(T0 + 5 * MIN, T0 + 10 * MIN)
+    assert _activity_and_seen(sessions) == ({"blood_pressure": (T0 + 5 * MIN, T0 + 10 * MIN)}, T0 + 10 * MIN)
+    # An older reading 30 s later changes nothing the time rules count on: nothing is written.
+    batch(T0 + 4 * MIN, T0 + 10 * MIN + timedelta(seconds=30))
+    assert _activity_and_seen(sessions) == ({"blood_pressure": (T0 + 5 * MIN, T0 + 10 * MIN)}, T0 + 10 * MIN)
+    # A newer reading is written at once.
+    batch(T0 + 6 * MIN, T0 + 10 * MIN + timedelta(seconds=40))
+    assert _activity_and_seen(sessions)[0] == {
+        "blood_pressure": (T0 + 6 * MIN, T0 + 10 * MIN + timedelta(seconds=40))
+    }
+    # After the refresh period an older reading still refreshes last_received_at and last_seen_at.
+    batch(T0 + 4 * MIN, T0 + 12 * MIN)
+    assert _activity_and_seen(sessions) == ({"blood_pressure": (T0 + 6 * MIN, T0 + 12 * MIN)}, T0 + 12 * MIN)
+    # A rolled-back write is not remembered: the next batch writes it again.
+    batch(T0 + 20 * MIN, T0 + 20 * MIN, commit=False)
+    batch(T0 + 20 * MIN, T0 + 20 * MIN + timedelta(seconds=1))
+    assert _activity_and_seen(sessions) == (
+        {"blood_pressure": (T0 + 20 * MIN, T0 + 20 * MIN + timedelta(seconds=1))},
+        T0 + 20 * MIN + timedelta(seconds=1),
+    )
+
+
+def test_a_newer_reading_clears_no_data_even_with_the_activity_cache(migrated_db: MigratedDb) -> None:
+    sessions = migrated_db.sessions
+    setup_clinic(sessions)
+    _enrol(sessions)
+    cache = ActivityCache()
+    with sessions.begin() as session:
+        cache.remember(
+            record_activity(
+                session, [(PATIENT, "blood_pressure", T0 + MIN, BP_DEVICE)], T0 + MIN, cache=cache
+            )
+        )
+    assert _tick(sessions, T0 + MIN + 6 * DAY).no_data_opened == 1
+    now = T0 + MIN + 6 * DAY + MIN
+    with sessions.begin() as session:
+        cache.remember(
+            record_activity(session, [(PATIENT, "blood_pressure", now, BP_DEVICE)], now, cache=cache)
+        )
+    [alert] = _family(sessions, "no_data")
+    assert alert.cleared_at == now
 
 
 def test_no_data_reminds_once_alerts_after_twice_the_period_and_a_reading_clears(

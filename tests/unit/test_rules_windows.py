@@ -9,9 +9,11 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alerts.model import Decision, DecisionKind, Family, ReadingView
-from alerts.rules import confirmation_expired, device_silent, evaluate, no_data_due
+from alerts.rules import Series, confirmation_expired, device_silent, evaluate, evaluate_series, no_data_due
 from alerts.thresholds import Thresholds
 from gateway.timeseries.base import ReadingType
 
@@ -305,3 +307,102 @@ CONFIRMATION_EXPIRY = [
 )
 def test_confirmation_expired(minutes: float, expired: bool) -> None:
     assert confirmation_expired(NOW - timedelta(minutes=minutes), NOW, DEFAULTS) is expired
+
+
+# --- the window's bookkeeping against its definition ------------------------------------------------
+# The gateway keeps each patient's history as a sorted `Series` per type that batches are added to
+# (binary search, list inserts, window sums by slicing); these properties hold it to the plain
+# definition on histories with duplicates, ties, suspect readings, later readings and both types.
+
+_MINUTES = st.sampled_from([0, 5, 10, 30, 60, 24 * HOUR, 24 * HOUR + 1, 3 * DAY, 7 * DAY, 7 * DAY + 1])
+
+
+@st.composite
+def _views(draw: st.DrawFn) -> ReadingView:
+    kind = draw(st.sampled_from(["blood_pressure", "glucose"]))
+    return ReadingView(
+        msg_id=f"m{draw(st.integers(0, 12))}",  # few ids: duplicates of one msg_id are common
+        device_id="dev",
+        type=kind,
+        measured_at=NOW - timedelta(minutes=draw(_MINUTES)),
+        systolic=draw(st.integers(80, 200)) if kind == "blood_pressure" else None,
+        diastolic=draw(st.integers(40, 130)) if kind == "blood_pressure" else None,
+        pulse=70 if kind == "blood_pressure" else None,
+        glucose_mmol=5.5 if kind == "glucose" else None,
+        quality=("movement",) if draw(st.booleans()) and draw(st.booleans()) else (),
+    )
+
+
+def _current(history: Sequence[ReadingView]) -> list[ReadingView]:
+    """Each msg_id's last copy (what the gateway's history cache holds), then the plain filter."""
+    return list({r.msg_id: r for r in history}.values())
+
+
+def _plain_prior(history: Sequence[ReadingView], reading: ReadingView) -> list[ReadingView]:
+    unique = {r.msg_id: r for r in history if r.type == reading.type and not r.suspect}
+    unique.pop(reading.msg_id, None)
+    return sorted(
+        (r for r in unique.values() if r.measured_at <= reading.measured_at),
+        key=lambda r: (r.measured_at, r.msg_id),
+    )
+
+
+def _added_one_by_one(history: Sequence[ReadingView], reading_type: str) -> Series:
+    series = Series(reading_type)
+    for r in history:
+        series.put(r)
+    return series
+
+
+@given(history=st.lists(_views(), max_size=25), reading=_views(), span_minutes=_MINUTES)
+@settings(max_examples=400, deadline=None)
+def test_the_window_holds_exactly_the_prior_readings_its_definition_names(
+    history: list[ReadingView], reading: ReadingView, span_minutes: int
+) -> None:
+    current = _current(history)
+    prior = _plain_prior(current, reading)
+    span = timedelta(minutes=span_minutes)
+    within = [r for r in prior if r.measured_at >= reading.measured_at - span]
+    unique = {r.msg_id: r for r in current if r.type == reading.type and not r.suspect}
+    unique.pop(reading.msg_id, None)
+    for series in (Series.of(current, reading.type), _added_one_by_one(history, reading.type)):
+        window = series.window(reading)
+        assert window.within(span) == within
+        assert window.within(timedelta(days=365)) == prior
+        assert window.newer_exists == any(r.measured_at > reading.measured_at for r in unique.values())
+        if reading.type == "blood_pressure":
+            assert window.bp_sums_within(span) == (
+                len(within),
+                sum(r.systolic or 0 for r in within),
+                sum(r.diastolic or 0 for r in within),
+            )
+
+
+@given(history=st.lists(_views(), max_size=30), cut_minutes=_MINUTES)
+@settings(max_examples=200, deadline=None)
+def test_a_series_built_reading_by_reading_and_pruned_equals_one_built_at_once(
+    history: list[ReadingView], cut_minutes: int
+) -> None:
+    cut = NOW - timedelta(minutes=cut_minutes)
+    for kind in ("blood_pressure", "glucose"):
+        series = _added_one_by_one(history, kind)
+        series.drop_before(cut)
+        expected = Series.of([r for r in _current(history) if r.measured_at >= cut], kind)
+        assert series.readings == expected.readings
+        assert (series.times, series.systolic, series.diastolic) == (
+            expected.times,
+            expected.systolic,
+            expected.diastolic,
+        )
+        assert len(series) == len(expected)
+
+
+@given(history=st.lists(_views(), max_size=25), readings=st.lists(_views(), min_size=1, max_size=6))
+@settings(max_examples=200, deadline=None)
+def test_evaluating_a_batch_decides_what_evaluating_each_reading_alone_decides(
+    history: list[ReadingView], readings: list[ReadingView]
+) -> None:
+    everything = _current([*history, *readings])
+    one_by_one = [d for r in readings for d in run(r, everything)]
+    series = {kind: Series.of(everything, kind) for kind in ("blood_pressure", "glucose")}
+    assert evaluate_series(DEFAULTS, PATIENT, series, readings, NOW, late_after=LATE_AFTER) == one_by_one
