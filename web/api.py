@@ -22,12 +22,14 @@ from gateway.wire import BloodPressureReading
 from rpmgw.models import Patient
 from web import access
 from web.context import commit, current_staff, db, deny, now, record, requires, services
-from web.inbox import InboxFilter, visible_alerts
+from web.inbox import InboxFilter, page_number, visible_alerts
 from web.openapi import SPEC
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 
 MAX_RANGE: Final = timedelta(days=92)
+# Alerts per page of GET /alerts: by default (and at most) 500, as many as the list held before pages.
+MAX_PER_PAGE: Final = 500
 
 
 def alert_json(alert: Alert, patient: Patient | None = None) -> dict[str, Any]:
@@ -111,10 +113,24 @@ def docs() -> ResponseReturnValue:
 @api.get("/alerts")
 @requires(*access.CLINICAL_ROLES)
 def alerts_list() -> ResponseReturnValue:
-    """The caller's patients' alerts, in inbox order; same filters as the inbox."""
-    rows = visible_alerts(db(), current_staff(), InboxFilter.from_args())
-    record("view_inbox", detail=f"api: {len(rows)} alerts")
-    return jsonify(alerts=[alert_json(r.alert, r.patient) for r in rows])
+    """The caller's patients' alerts, in inbox order; same filters as the inbox, a page at a time."""
+    per_page = min(page_number(request.args.get("per_page", str(MAX_PER_PAGE))), MAX_PER_PAGE)
+    found = visible_alerts(
+        db(),
+        current_staff(),
+        InboxFilter.from_args(),
+        page=page_number(request.args.get("page")),
+        per_page=per_page,
+    )
+    record("view_inbox", detail=f"api: {len(found.rows)} alerts (page {found.page} of {found.pages})")
+    return jsonify(
+        alerts=[alert_json(r.alert, r.patient) for r in found.rows],
+        total=found.total,
+        page=found.page,
+        per_page=found.per_page,
+        pages=found.pages,
+        next_page=found.next_page,
+    )
 
 
 def _alert(alert_id: int) -> Alert:

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Final
+from typing import Any, Final
 
-from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, g, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.orm import Session
 
 from alerts import lifecycle
@@ -33,7 +33,8 @@ inbox = Blueprint("alerts", __name__, url_prefix="/alerts")
 STATES: Final = ("open", "unacknowledged", "in_care", "closed", "all")
 _BP_FAMILIES: Final = {Family.BP_HIGH, Family.UNCONTROLLED_BP, Family.LOW_BP, Family.PULSE}
 _GLUCOSE_FAMILIES: Final = {Family.HYPO, Family.HYPER, Family.REPEATED_HYPO}
-_CLOSED_LIMIT: Final = 200
+# Rows per page of the inbox (and the API's default): a page a doctor can read, and quick to draw.
+PAGE_SIZE: Final = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,62 +86,137 @@ class InboxRow:
         return now() - self.alert.opened_at
 
 
+@dataclass(frozen=True, slots=True)
+class InboxPage:
+    """One page of the alerts matching a filter, in inbox order, and how many match in all."""
+
+    rows: list[InboxRow]
+    total: int
+    # Of `total`, those nobody acknowledged yet (they come first, before those "in care").
+    unacknowledged: int
+    page: int
+    per_page: int
+
+    @property
+    def pages(self) -> int:
+        """How many pages the matching alerts fill (at least one)."""
+        return max(1, -(-self.total // self.per_page))
+
+    @property
+    def first(self) -> int:
+        """The position (1-based) of the page's first row among all matching alerts."""
+        return (self.page - 1) * self.per_page + 1
+
+    @property
+    def last(self) -> int:
+        """The position (1-based) of the page's last row."""
+        return self.first + len(self.rows) - 1
+
+    @property
+    def next_page(self) -> int | None:
+        """The following page, if there is one."""
+        return self.page + 1 if self.page < self.pages else None
+
+    @property
+    def previous_page(self) -> int | None:
+        """The page before, if there is one."""
+        return self.page - 1 if self.page > 1 else None
+
+
 def inbox_sort_key(alert: Alert) -> tuple[bool, int, float]:
-    """Unacknowledged first, then most severe, then oldest."""
+    """Unacknowledged first, then most severe, then oldest (what `_inbox_order` does in SQL)."""
     return (alert.acknowledged_at is not None, -Severity(alert.severity).rank, alert.opened_at.timestamp())
 
 
-def visible_alerts(session: Session, staff: Staff, where: InboxFilter, *, limit: int = 500) -> list[InboxRow]:
-    """The alerts of the staff member's patients matching `where`, in inbox order."""
+def _inbox_order() -> tuple[ColumnElement[Any], ...]:
+    acknowledged = case((Alert.acknowledged_at.is_(None), 0), else_=1)
+    rank = case({s.value: -s.rank for s in Severity}, value=Alert.severity, else_=0)
+    return acknowledged, rank, Alert.opened_at.asc(), Alert.id.asc()
+
+
+def page_number(value: str | None) -> int:
+    """A page number from the query string: 1 unless a positive integer is given."""
+    if value is None or not value.isdigit():
+        return 1
+    return max(1, min(int(value), 1_000_000))
+
+
+def visible_alerts(
+    session: Session, staff: Staff, where: InboxFilter, *, page: int = 1, per_page: int = PAGE_SIZE
+) -> InboxPage:
+    """One page of the alerts of the staff member's patients matching `where`, in inbox order.
+
+    Sorted and cut in the database: a page past the last one gives the last page.
+    """
     teams = access.team_ids(session, staff)
-    query = (
-        select(Alert, Patient)
-        .join(Patient, Patient.id == Alert.patient_id)
-        .where(Patient.care_team_id.in_(teams))
-    )
+    conditions: list[ColumnElement[bool]] = [Patient.care_team_id.in_(teams)]
     if where.severity:
-        query = query.where(Alert.severity == where.severity)
+        conditions.append(Alert.severity == where.severity)
     if where.rule:
-        query = query.where(Alert.rule == where.rule)
+        conditions.append(Alert.rule == where.rule)
     if where.patient:
         # Matched here, not in SQL: SQLite's lower() and LIKE fold only ASCII, and names are Cyrillic.
         needle = where.patient.casefold()
         candidates = session.execute(
             select(Patient.id, Patient.display_name).where(Patient.care_team_id.in_(teams))
         ).tuples()
-        query = query.where(
+        conditions.append(
             Patient.id.in_(
                 [pid for pid, name in candidates if needle in pid.casefold() or needle in name.casefold()]
             )
         )
-    if where.state == "closed":
-        query = query.where(Alert.closed_at.is_not(None)).order_by(Alert.closed_at.desc())
-        return [InboxRow(a, p) for a, p in session.execute(query.limit(_CLOSED_LIMIT)).tuples()]
     if where.state == "open":
-        query = query.where(Alert.closed_at.is_(None))
+        conditions.append(Alert.closed_at.is_(None))
     elif where.state == "unacknowledged":
-        query = query.where(Alert.acknowledged_at.is_(None))
+        conditions.append(Alert.acknowledged_at.is_(None))
     elif where.state == "in_care":
-        query = query.where(Alert.closed_at.is_(None), Alert.acknowledged_at.is_not(None))
-    rows = [InboxRow(a, p) for a, p in session.execute(query.limit(limit)).tuples()]
-    rows.sort(key=lambda row: inbox_sort_key(row.alert))
-    return rows
+        conditions.extend([Alert.closed_at.is_(None), Alert.acknowledged_at.is_not(None)])
+    elif where.state == "closed":
+        conditions.append(Alert.closed_at.is_not(None))
+    total, unacknowledged = session.execute(
+        select(func.count(), func.count(case((Alert.acknowledged_at.is_(None), 1))))
+        .select_from(Alert)
+        .join(Patient, Patient.id == Alert.patient_id)
+        .where(*conditions)
+    ).one()
+    page = min(page, max(1, -(-total // per_page)))
+    query = select(Alert, Patient).join(Patient, Patient.id == Alert.patient_id).where(*conditions)
+    if where.state == "closed":
+        query = query.order_by(Alert.closed_at.desc(), Alert.id.desc())
+    else:
+        query = query.order_by(*_inbox_order())
+    found = session.execute(query.limit(per_page).offset((page - 1) * per_page)).tuples()
+    return InboxPage(
+        rows=[InboxRow(a, p) for a, p in found],
+        total=total,
+        unacknowledged=unacknowledged or 0,
+        page=page,
+        per_page=per_page,
+    )
 
 
 def severity_counts(session: Session, staff: Staff) -> dict[str, int]:
-    """Unacknowledged alerts of the staff member's patients, per severity."""
+    """Open alerts of the staff member's patients waiting for acknowledgement, per severity.
+
+    Asked once per request (the header and the inbox both show them).
+    """
+    cached: dict[str, int] | None = g.get("severity_counts")
+    if cached is not None and g.get("severity_counts_of") == staff.id:
+        return dict(cached)
     counts = dict.fromkeys(SEVERITIES, 0)
     found = session.execute(
         select(Alert.severity, func.count())
         .join(Patient, Patient.id == Alert.patient_id)
         .where(
             Patient.care_team_id.in_(access.team_ids(session, staff)),
+            Alert.closed_at.is_(None),
             Alert.acknowledged_at.is_(None),
         )
         .group_by(Alert.severity)
     ).tuples()
     counts.update(dict(found.all()))
-    return counts
+    g.severity_counts, g.severity_counts_of = counts, staff.id
+    return dict(counts)
 
 
 def _split(rows: Sequence[InboxRow], state: str) -> tuple[list[InboxRow], list[InboxRow]]:
@@ -160,24 +236,34 @@ def rule_title(rule: str) -> str:
     return lifecycle.rule_title(rule, select_language())
 
 
+def _inbox_context() -> dict[str, Any]:
+    """What the inbox's tables show: the page asked for, split into waiting and in care."""
+    staff = current_staff()
+    where = InboxFilter.from_args()
+    found = visible_alerts(db(), staff, where, page=page_number(request.args.get("page")))
+    waiting, in_care = _split(found.rows, where.state)
+    return {
+        "where": where,
+        "found": found,
+        "waiting": waiting,
+        "in_care": in_care,
+        "counts": severity_counts(db(), staff),
+        "rule_title": rule_title,
+    }
+
+
 @inbox.get("", endpoint="inbox")
 @requires(*access.CLINICAL_ROLES)
 def inbox_page() -> ResponseReturnValue:
-    """The inbox."""
-    staff = current_staff()
-    where = InboxFilter.from_args()
-    waiting, in_care = _split(visible_alerts(db(), staff, where), where.state)
-    record("view_inbox", detail=f"{len(waiting) + len(in_care)} alerts shown")
+    """The inbox, a page of `PAGE_SIZE` alerts at a time."""
+    context = _inbox_context()
+    found: InboxPage = context["found"]
+    record(
+        "view_inbox",
+        detail=f"{len(found.rows)} alerts shown (page {found.page} of {found.pages}, {found.total} in all)",
+    )
     return render_template(
-        "inbox.html",
-        where=where,
-        waiting=waiting,
-        in_care=in_care,
-        counts=severity_counts(db(), staff),
-        rules=_rule_choices(),
-        states=STATES,
-        severities=SEVERITIES,
-        rule_title=rule_title,
+        "inbox.html", rules=_rule_choices(), states=STATES, severities=SEVERITIES, **context
     )
 
 
@@ -185,14 +271,16 @@ def inbox_page() -> ResponseReturnValue:
 @requires(*access.CLINICAL_ROLES)
 def live() -> ResponseReturnValue:
     """The inbox's tables and counts as JSON, for the page's polling (does not extend the session)."""
-    staff = current_staff()
-    where = InboxFilter.from_args()
-    waiting, in_care = _split(visible_alerts(db(), staff, where), where.state)
-    counts = severity_counts(db(), staff)
-    html = render_template(
-        "_inbox_tables.html", where=where, waiting=waiting, in_care=in_care, rule_title=rule_title
+    context = _inbox_context()
+    counts = context["counts"]
+    html = render_template("_inbox_tables.html", **context)
+    return jsonify(
+        counts=counts,
+        total=sum(counts.values()),
+        html=html,
+        ids=[r.alert.id for r in context["waiting"]],
+        page=context["found"].page,
     )
-    return jsonify(counts=counts, total=sum(counts.values()), html=html, ids=[r.alert.id for r in waiting])
 
 
 def _alert_for(alert_id: int) -> Alert:

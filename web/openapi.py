@@ -44,7 +44,7 @@ SPEC: Final[dict[str, Any]] = {
     "paths": {
         "/alerts": {
             "get": {
-                "summary": "Alerts of the caller's patients, unacknowledged first, then most severe and oldest",
+                "summary": "Alerts of the caller's patients, unacknowledged first, then most severe and oldest; in pages",
                 "parameters": [
                     _query(
                         "state",
@@ -54,14 +54,32 @@ SPEC: Final[dict[str, Any]] = {
                     _query("severity", "critical, urgent or routine", {"type": "string"}),
                     _query("rule", "a rule id, e.g. severe_bp", {"type": "string"}),
                     _query("patient", "part of a patient's id or name", {"type": "string"}),
+                    _query(
+                        "page",
+                        "which page (1 unless given; past the last page, the last page)",
+                        {"type": "integer", "minimum": 1, "default": 1},
+                    ),
+                    _query(
+                        "per_page",
+                        "alerts per page, 1 to 500",
+                        {"type": "integer", "minimum": 1, "maximum": 500, "default": 500},
+                    ),
                 ],
                 "responses": {
                     "200": _ok(
-                        "the alerts",
+                        "a page of the alerts, and how many match in all",
                         {
                             "type": "object",
                             "properties": {
-                                "alerts": {"type": "array", "items": {"$ref": "#/components/schemas/Alert"}}
+                                "alerts": {"type": "array", "items": {"$ref": "#/components/schemas/Alert"}},
+                                "total": {"type": "integer", "description": "alerts matching the filters"},
+                                "page": {"type": "integer", "description": "this page (1-based)"},
+                                "per_page": {"type": "integer"},
+                                "pages": {"type": "integer", "description": "pages the matching alerts fill"},
+                                "next_page": {
+                                    "type": ["integer", "null"],
+                                    "description": "the following page; null on the last",
+                                },
                             },
                         },
                     ),

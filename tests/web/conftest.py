@@ -161,6 +161,17 @@ class Clinic:
         with self.sessions() as session:
             return staff_admin.get_care_team(session, name).id
 
+    def add_patients(self, team: str, count: int, prefix: str = "P-1") -> list[str]:
+        """`count` more patients of `team` (ids `prefix`000, `prefix`001, ...)."""
+        ids = [f"{prefix}{n:03d}" for n in range(count)]
+        with self.sessions.begin() as session:
+            for patient_id in ids:
+                registry.add_patient(
+                    session, patient_id=patient_id, display_name=f"Пациент {patient_id}", phone="+79991234567"
+                )
+                staff_admin.assign_patient(session, patient_id, team)
+        return ids
+
     def add_alert(
         self, patient_id: str, rule: str = "severe_bp", severity: str = "critical", **fields: object
     ) -> int:
