@@ -127,19 +127,25 @@ class Gateway:
             self._report()
 
     def _collect(self) -> list[InboundMessage]:
-        """Wait briefly for a first message, then take more until the batch is full or old enough."""
+        """Wait briefly for a first message, then take more until the batch is full or old enough.
+
+        The batch is old enough `batch_max_wait` after its first message *arrived*: when the loop is
+        behind, that has passed and the batch takes what is queued without waiting (waiting anyway
+        idled the loop for a third of its time under live load: profiled).
+        """
         try:
             first = self._queue.get(timeout=0.25)
         except queue.Empty:
             return []
         batch = [first]
-        deadline = time.monotonic() + self._batch_max_wait
+        waited = (datetime.now(UTC) - first.received_at).total_seconds()
+        deadline = time.monotonic() + min(self._batch_max_wait, max(0.0, self._batch_max_wait - waited))
         while len(batch) < self._batch_size:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
             try:
-                batch.append(self._queue.get(timeout=remaining))
+                batch.append(
+                    self._queue.get_nowait() if remaining <= 0 else self._queue.get(timeout=remaining)
+                )
             except queue.Empty:
                 break
         return batch

@@ -131,7 +131,10 @@ def test_the_activity_cache_skips_only_rows_that_would_not_change_and_refreshes_
     # An older reading 30 s later changes nothing the time rules count on: nothing is written.
     batch(T0 + 4 * MIN, T0 + 10 * MIN + timedelta(seconds=30))
     assert _activity_and_seen(sessions) == ({"blood_pressure": (T0 + 5 * MIN, T0 + 10 * MIN)}, T0 + 10 * MIN)
-    # A newer reading is written at once.
+    # A reading less than a refresh period newer neither.
+    batch(T0 + 5 * MIN + timedelta(seconds=59), T0 + 10 * MIN + timedelta(seconds=35))
+    assert _activity_and_seen(sessions) == ({"blood_pressure": (T0 + 5 * MIN, T0 + 10 * MIN)}, T0 + 10 * MIN)
+    # A reading a refresh period newer is written at once.
     batch(T0 + 6 * MIN, T0 + 10 * MIN + timedelta(seconds=40))
     assert _activity_and_seen(sessions)[0] == {
         "blood_pressure": (T0 + 6 * MIN, T0 + 10 * MIN + timedelta(seconds=40))

@@ -1,0 +1,100 @@
+"""How the gateway's batch loop cuts batches: full, or `batch_max_wait` after the first message arrived.
+
+The MQTT side is a stand-in here (the loop's batching is what is tested; the real broker path is in
+tests/integration/test_gateway_e2e.py): messages are handed to the loop's queue as paho's thread would.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import cast
+
+from gateway.ingest import IngestPipeline
+from gateway.mqtt import InboundMessage, MqttConsumer
+from gateway.service import Gateway
+
+
+class _Consumer:
+    def __init__(self, deliver: Callable[[InboundMessage], None]) -> None:
+        self.deliver = deliver
+        self.connected = threading.Event()
+        self.reconnects = 0
+
+    def ack(self, messages: Sequence[InboundMessage]) -> int:
+        return len(messages)
+
+
+def _gateway(batch_size: int, batch_max_wait: float) -> tuple[Gateway, _Consumer]:
+    consumers: list[_Consumer] = []
+
+    def factory(deliver: Callable[[InboundMessage], None]) -> MqttConsumer:
+        consumers.append(_Consumer(deliver))
+        return cast(MqttConsumer, consumers[-1])
+
+    gateway = Gateway(
+        consumer_factory=factory,
+        pipeline=cast(IngestPipeline, None),  # not reached: only batches are cut here
+        batch_size=batch_size,
+        batch_max_wait=batch_max_wait,
+        queue_size=1000,
+    )
+    return gateway, consumers[0]
+
+
+def _message(n: int, received_at: datetime) -> InboundMessage:
+    return InboundMessage("rpm/devices/d-001/readings", b"{}", n, 1, 1, received_at)
+
+
+def _collect_within(gateway: Gateway, seconds: float) -> list[InboundMessage] | None:
+    """The batch `_collect` returns, or None if it had not returned after `seconds`."""
+    result: list[list[InboundMessage]] = []
+    thread = threading.Thread(target=lambda: result.append(gateway._collect()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return result[0] if result else None
+
+
+def test_a_batch_whose_first_message_already_waited_takes_the_queue_without_waiting() -> None:
+    # An hour's batch wait: a loop that waited for it would not return within the test's deadline.
+    gateway, consumer = _gateway(batch_size=100, batch_max_wait=3600)
+    long_ago = datetime.now(UTC) - timedelta(hours=2)
+    for n in range(1, 31):
+        consumer.deliver(_message(n, long_ago))
+    batch = _collect_within(gateway, 30)
+    assert batch is not None, "the loop waited although the first message had waited longer than the limit"
+    assert [m.mid for m in batch] == list(range(1, 31))
+
+
+def test_a_batch_stops_at_its_size_and_the_rest_stays_queued_in_order() -> None:
+    gateway, consumer = _gateway(batch_size=10, batch_max_wait=3600)
+    long_ago = datetime.now(UTC) - timedelta(hours=2)
+    for n in range(1, 26):
+        consumer.deliver(_message(n, long_ago))
+    batches = [_collect_within(gateway, 30) for _ in range(3)]
+    assert [[m.mid for m in b] if b is not None else None for b in batches] == [
+        list(range(1, 11)),
+        list(range(11, 21)),
+        list(range(21, 26)),
+    ]
+
+
+def test_a_fresh_first_message_waits_for_more_until_the_batch_is_old_enough() -> None:
+    # Full at two: the loop returns as soon as the second message comes, if it waited for it.
+    gateway, consumer = _gateway(batch_size=2, batch_max_wait=60.0)
+    consumer.deliver(_message(1, datetime.now(UTC)))
+    late: list[InboundMessage] = []
+
+    def deliver_later() -> None:
+        # Delivered while the loop is still collecting: it must join the first message's batch.
+        message = _message(2, datetime.now(UTC))
+        late.append(message)
+        consumer.deliver(message)
+
+    timer = threading.Timer(0.2, deliver_later)
+    timer.start()
+    batch = _collect_within(gateway, 30)
+    timer.join()
+    assert batch is not None
+    assert [m.mid for m in batch] == [1, 2]
