@@ -4,7 +4,8 @@ The cache holds at most `max_patients` patients (least recently used out) and, p
 `max_per_patient` readings of the last `days` days (a flooding device cannot grow it). A patient missing
 from the cache, or cached longer than `ttl` seconds ago, is (re)loaded from the store; patients of one
 batch are loaded in one round trip. With one gateway every reading passes through the cache, so it is
-exact; with several gateways sharing the load, a reading stored by another gateway is seen within `ttl`.
+exact; with several gateways sharing the load, a reading stored by another gateway is seen within `ttl`
+(the gateway picks it: see gateway.service.history_ttl).
 """
 
 from __future__ import annotations

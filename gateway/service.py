@@ -226,7 +226,12 @@ def build_gateway(settings: Settings, *, stop: threading.Event | None = None) ->
     history_days = max(settings.alerts.history_days, clinic.history_needed.days + 1)
     alert_engine = AlertEngine(
         sessions=sessions,
-        history=RecentReadings(store, days=history_days, max_patients=settings.alerts.history_cache_patients),
+        history=RecentReadings(
+            store,
+            days=history_days,
+            max_patients=settings.alerts.history_cache_patients,
+            ttl=history_ttl(settings.mqtt.topic),
+        ),
         clinic=clinic,
         settings=settings.alerts,
         clock=utc_now,
@@ -257,6 +262,19 @@ def build_gateway(settings: Settings, *, stop: threading.Event | None = None) ->
         checks={"influxdb": influx_check(settings.influx.url), "database": database_check(engine)},
         drop_watch=BrokerDropWatch(settings.mqtt),
     )
+
+
+def history_ttl(topic: str) -> float:
+    """How long a patient's cached history is trusted before it is reloaded from InfluxDB, in seconds.
+
+    A gateway that receives every reading (a plain subscription, even with other gateways beside it)
+    sees each reading of a patient pass through its cache, so the cache stays exact: it reloads once
+    an hour, to see what something else than a gateway (an import) wrote. A member of a shared
+    subscription ($share/..., or EMQX's $queue/...) receives only its share: it reloads after 60 s to
+    see what the others stored. Reloading every minute on every gateway made live ingest reload each
+    patient's week every minute (profiled).
+    """
+    return 60.0 if topic.startswith(("$share/", "$queue/")) else 3600.0
 
 
 def _rate_limiter(settings: Settings) -> DeviceRateLimiter | None:

@@ -98,3 +98,11 @@ def test_a_fresh_first_message_waits_for_more_until_the_batch_is_old_enough() ->
     timer.join()
     assert batch is not None
     assert [m.mid for m in batch] == [1, 2]
+
+
+def test_history_is_reloaded_often_only_by_members_of_a_shared_subscription() -> None:
+    from gateway.service import history_ttl
+
+    assert history_ttl("rpm/devices/+/readings") == 3600.0
+    assert history_ttl("$share/rpmgw/rpm/devices/+/readings") == 60.0
+    assert history_ttl("$queue/rpm/devices/+/readings") == 60.0
