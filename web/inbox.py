@@ -123,12 +123,8 @@ class InboxPage:
         return self.page - 1 if self.page > 1 else None
 
 
-def inbox_sort_key(alert: Alert) -> tuple[bool, int, float]:
-    """Unacknowledged first, then most severe, then oldest (what `_inbox_order` does in SQL)."""
-    return (alert.acknowledged_at is not None, -Severity(alert.severity).rank, alert.opened_at.timestamp())
-
-
 def _inbox_order() -> tuple[ColumnElement[Any], ...]:
+    """Unacknowledged first, then most severe, then oldest (ORDER BY, so the database cuts the pages)."""
     acknowledged = case((Alert.acknowledged_at.is_(None), 0), else_=1)
     rank = case({s.value: -s.rank for s in Severity}, value=Alert.severity, else_=0)
     return acknowledged, rank, Alert.opened_at.asc(), Alert.id.asc()
