@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,24 @@ def influx_check(url: str, timeout: float = 2.0) -> Check:
 
 
 def database_check(engine: Engine) -> Check:
-    """The relational database answers `SELECT 1`."""
+    """The relational database answers `SELECT 1`.
+
+    Asked on a plain DB-API connection: through SQLAlchemy it would begin a transaction, which on SQLite
+    takes the write lock (BEGIN IMMEDIATE, see rpmgw.db) and so waited behind the gateway's own batch
+    (a readiness probe timed out under load).
+    """
 
     def check() -> None:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+        connection = engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute("SELECT 1")
+                cursor.fetchall()
+            finally:
+                cursor.close()
+        finally:
+            connection.close()
 
     return check
 

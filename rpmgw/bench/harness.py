@@ -175,8 +175,8 @@ class RpmgwProcess:
         self.check_alive()
         try:
             return requests.get(f"http://127.0.0.1:{self.health_port}/readyz", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
+        except (requests.ConnectionError, requests.Timeout):
+            return False  # not answering yet (or busy): asked again until the caller's deadline
 
     def stop(self, timeout: float = 60) -> None:
         """SIGTERM, wait, SIGKILL after `timeout`."""

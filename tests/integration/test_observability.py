@@ -111,6 +111,25 @@ def test_readyz_names_what_is_down(
         server.stop()
 
 
+def test_readyz_answers_while_another_process_holds_the_sqlite_write_lock(sqlite_url: str) -> None:
+    # The gateway's own batch transaction holds it for as long as a batch takes; a readiness probe
+    # that queued behind it (10 s busy timeout) timed out under load.
+    import sqlite3
+
+    holder = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    server = HealthServer(
+        "127.0.0.1", 0, checks={"database": database_check(make_engine(sqlite_url))}
+    ).start()
+    try:
+        ready = get(server.port, "/readyz")  # 5 s client timeout: well under the 10 s busy timeout
+        assert ready.status_code == 200, ready.text
+    finally:
+        server.stop()
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
 # --- a real gateway process -----------------------------------------------------------------------------
 
 
