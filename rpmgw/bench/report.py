@@ -55,9 +55,10 @@ def render_table(results: Mapping[str, object]) -> str:
     if isinstance(web, Mapping):
         for page, figures in web.items():
             if isinstance(figures, Mapping):
+                path = figures.get("path")
                 lines.append(
                     _row(
-                        f"web: {page.replace('_', ' ')}",
+                        f"web: {page.replace('_', ' ')}" + (f" (`{path}`)" if path else ""),
                         f"p50 {figures['p50_ms']} ms, p95 {figures['p95_ms']} ms",
                         str(figures.get("note", "")),
                     )
