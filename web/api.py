@@ -22,8 +22,9 @@ from gateway.wire import BloodPressureReading
 from rpmgw.models import Patient
 from web import access
 from web.context import commit, current_staff, db, deny, now, record, requires, services
-from web.inbox import InboxFilter, page_number, visible_alerts
+from web.inbox import InboxFilter, visible_alerts
 from web.openapi import SPEC
+from web.paging import page_number
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 

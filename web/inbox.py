@@ -26,6 +26,7 @@ from gateway.errors import StorageError
 from rpmgw.models import Patient
 from web import access
 from web.context import commit, current_staff, db, deny, now, record, refused, requires, services
+from web.paging import Paged, last_page, page_number
 from web.patients import chart_context
 
 inbox = Blueprint("alerts", __name__, url_prefix="/alerts")
@@ -87,7 +88,7 @@ class InboxRow:
 
 
 @dataclass(frozen=True, slots=True)
-class InboxPage:
+class InboxPage(Paged):
     """One page of the alerts matching a filter, in inbox order, and how many match in all."""
 
     rows: list[InboxRow]
@@ -97,44 +98,12 @@ class InboxPage:
     page: int
     per_page: int
 
-    @property
-    def pages(self) -> int:
-        """How many pages the matching alerts fill (at least one)."""
-        return max(1, -(-self.total // self.per_page))
-
-    @property
-    def first(self) -> int:
-        """The position (1-based) of the page's first row among all matching alerts."""
-        return (self.page - 1) * self.per_page + 1
-
-    @property
-    def last(self) -> int:
-        """The position (1-based) of the page's last row."""
-        return self.first + len(self.rows) - 1
-
-    @property
-    def next_page(self) -> int | None:
-        """The following page, if there is one."""
-        return self.page + 1 if self.page < self.pages else None
-
-    @property
-    def previous_page(self) -> int | None:
-        """The page before, if there is one."""
-        return self.page - 1 if self.page > 1 else None
-
 
 def _inbox_order() -> tuple[ColumnElement[Any], ...]:
     """Unacknowledged first, then most severe, then oldest (ORDER BY, so the database cuts the pages)."""
     acknowledged = case((Alert.acknowledged_at.is_(None), 0), else_=1)
     rank = case({s.value: -s.rank for s in Severity}, value=Alert.severity, else_=0)
     return acknowledged, rank, Alert.opened_at.asc(), Alert.id.asc()
-
-
-def page_number(value: str | None) -> int:
-    """A page number from the query string: 1 unless a positive integer is given."""
-    if value is None or not value.isdigit():
-        return 1
-    return max(1, min(int(value), 1_000_000))
 
 
 def visible_alerts(
@@ -175,7 +144,7 @@ def visible_alerts(
         .join(Patient, Patient.id == Alert.patient_id)
         .where(*conditions)
     ).one()
-    page = min(page, max(1, -(-total // per_page)))
+    page = min(page, last_page(total, per_page))
     query = select(Alert, Patient).join(Patient, Patient.id == Alert.patient_id).where(*conditions)
     if where.state == "closed":
         query = query.order_by(Alert.closed_at.desc(), Alert.id.desc())
