@@ -1,7 +1,8 @@
 """The population overview and the patient page (blueprint "patients").
 
 The overview puts the patients who need attention first: an open critical alert, and as visibly a
-patient who stopped measuring. The patient page shows blood pressure and glucose charts with the
+patient who stopped measuring; sorted over the whole care team from the database, shown a page at a
+time, with InfluxDB asked for the page's patients only. The patient page shows blood pressure and glucose charts with the
 patient's own thresholds drawn as bands, the readings with their quality flags, adherence, time in
 range, alert and SMS history, and the per-patient thresholds (a doctor changes them with a reason).
 """
@@ -9,7 +10,7 @@ range, alert and SMS history, and the per-patient thresholds (a doctor changes t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo
@@ -17,19 +18,21 @@ from zoneinfo import ZoneInfo
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext, lazy_gettext
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
 
 from alerts import threshold_store
 from alerts.errors import AlertsError
 from alerts.model import Severity
 from alerts.notify.tables import OutboxMessage
-from alerts.tables import Alert, CareTeam, PatientActivity
+from alerts.tables import Alert, CareTeam, PatientActivity, Staff
 from alerts.thresholds import Thresholds, ThresholdsError
 from gateway.errors import StorageError
 from gateway.timeseries.base import StoredReading
 from rpmgw.models import Enrolment, Patient
 from web import access, readings
 from web.context import commit, current_staff, db, deny, now, record, refused, requires, services
+from web.paging import Paged, last_page, page_number
 from web.readings import GLUCOSE_UNITS, BpMean, GlucoseUnit
 
 patients = Blueprint("patients", __name__, url_prefix="/patients")
@@ -37,6 +40,10 @@ patients = Blueprint("patients", __name__, url_prefix="/patients")
 PERIODS: Final = (7, 30, 90)
 ADHERENCE_DAYS: Final = 30
 SORTS: Final = ("attention", "patient", "alerts", "last", "adherence", "bp", "glucose")
+# Orders that need every patient's readings from InfluxDB (the others come from the database).
+_SORTS_BY_READINGS: Final = frozenset({"adherence", "bp", "glucose"})
+# Patients per page of the overview: a page a doctor can read, and quick to draw.
+PAGE_SIZE: Final = 100
 _UNIT_ARGS: Final[Mapping[str, GlucoseUnit]] = {"mmol": "mmol/L", "mgdl": "mg/dL"}
 
 # Every threshold a doctor can set for one patient, grouped as a doctor thinks of them.
@@ -117,17 +124,23 @@ THRESHOLD_LABELS: Final = {
 
 @dataclass(frozen=True, slots=True)
 class PatientStatus:
-    """One line of the population overview."""
+    """One line of the population overview.
 
-    patient: Patient
+    The database gives every patient of the team their open alerts and last reading (`team_status`);
+    InfluxDB adds adherence and the 7-day means, and a reading the database has not noted yet
+    (`with_readings`), for the patients shown.
+    """
+
+    patient_id: str
+    display_name: str
     open_alerts: int
     unacknowledged: int
     top_severity: str | None
     last_reading: datetime | None
-    adherence: int | None
-    bp7: BpMean | None
-    glucose7: float | None
     silent: bool
+    adherence: int | None = None
+    bp7: BpMean | None = None
+    glucose7: float | None = None
 
     @property
     def attention(self) -> int:
@@ -138,108 +151,182 @@ class PatientStatus:
         return rank
 
 
+@dataclass(frozen=True, slots=True)
+class PopulationPage(Paged):
+    """One page of the staff member's patients in the order asked for, sorted over all of them."""
+
+    rows: list[PatientStatus]
+    total: int
+    page: int
+    per_page: int
+
+
 def _sort_key(sort: str, now_: datetime) -> Any:
     oldest = now_ - timedelta(days=10_000)
 
     def key(s: PatientStatus) -> Any:
         last = s.last_reading or oldest
         if sort == "patient":
-            return (s.patient.display_name.lower(), s.patient.id)
+            return (s.display_name.lower(), s.patient_id)
         if sort == "alerts":
             return (-s.unacknowledged, -s.open_alerts, last)
         if sort == "last":
-            return (last, s.patient.id)
+            return (last, s.patient_id)
         if sort == "adherence":
             return (s.adherence if s.adherence is not None else -1, last)
         if sort == "bp":
             return (-(s.bp7.systolic if s.bp7 else -1), -(s.bp7.diastolic if s.bp7 else -1))
         if sort == "glucose":
-            return (-(s.glucose7 if s.glucose7 is not None else -1), s.patient.id)
-        return (-s.attention, -s.unacknowledged, last, s.patient.id)
+            return (-(s.glucose7 if s.glucose7 is not None else -1), s.patient_id)
+        return (-s.attention, -s.unacknowledged, last, s.patient_id)
 
     return key
 
 
-def population(
-    patients_: Sequence[Patient], recent: Mapping[str, Sequence[StoredReading]] | None, *, now_: datetime
-) -> list[PatientStatus]:
-    """Each patient's status; `recent` holds the last 30 days of readings (None: InfluxDB unavailable)."""
-    ids = [p.id for p in patients_]
-    alert_rows = (
-        db()
-        .execute(
-            select(Alert.patient_id, Alert.severity, Alert.acknowledged_at).where(
-                Alert.patient_id.in_(ids), Alert.closed_at.is_(None)
+def _silent_after() -> timedelta:
+    clinic = services().clinic
+    return timedelta(days=max(clinic.no_data_days_bp, clinic.no_data_days_glucose))
+
+
+def team_status(session: Session, staff: Staff, *, now_: datetime) -> list[PatientStatus]:
+    """Every patient the staff member may see, by id, with open alerts and last reading.
+
+    Counted in the database (GROUP BY): open alerts, those waiting for acknowledgement and the most
+    severe of these; the last reading is the newest of the patient's `patient_activity` rows, which
+    the gateway keeps at most a minute behind InfluxDB. Adherence and means are left empty.
+    """
+    if not access.sees_clinical_data(staff):
+        return []
+    teams = access.team_ids(session, staff)
+    mine = Patient.care_team_id.in_(teams)
+    waiting = Alert.acknowledged_at.is_(None)
+    rank = case({s.value: s.rank for s in Severity}, value=Alert.severity, else_=0)
+    # Three plain queries merged here: joined as subqueries, PostgreSQL without statistics yet (just
+    # after a bulk load) rescanned the alerts' aggregate once per patient (a second, not milliseconds).
+    alerts_ = {
+        patient_id: (open_, unacknowledged, top)
+        for patient_id, open_, unacknowledged, top in session.execute(
+            select(
+                Alert.patient_id,
+                func.count(),
+                func.count(case((waiting, 1))),
+                func.max(case((waiting, rank), else_=0)),
             )
-        )
-        .tuples()
-    )
-    open_alerts: dict[str, list[tuple[str, bool]]] = {}
-    for patient_id, severity, acknowledged_at in alert_rows:
-        open_alerts.setdefault(patient_id, []).append((severity, acknowledged_at is None))
+            .join(Patient, Patient.id == Alert.patient_id)
+            .where(mine, Alert.closed_at.is_(None))
+            .group_by(Alert.patient_id)
+        ).tuples()
+    }
     activity = dict(
-        db()
-        .execute(
+        session.execute(
             select(PatientActivity.patient_id, func.max(PatientActivity.last_measured_at))
-            .where(PatientActivity.patient_id.in_(ids))
+            .join(Patient, Patient.id == PatientActivity.patient_id)
+            .where(mine)
             .group_by(PatientActivity.patient_id)
         )
         .tuples()
         .all()
     )
-    clinic = services().clinic
-    silent_after = timedelta(days=max(clinic.no_data_days_bp, clinic.no_data_days_glucose))
-    zone = ZoneInfo(services().settings.timezone)
-    week_ago = now_ - timedelta(days=7)
+    found = session.execute(select(Patient.id, Patient.display_name).where(mine).order_by(Patient.id))
+    severities = {s.rank: s.value for s in Severity}
+    silent_after = _silent_after()
     result = []
-    for patient in patients_:
-        alerts_ = open_alerts.get(patient.id, [])
-        unacked = [severity for severity, waiting in alerts_ if waiting]
-        mine = None if recent is None else list(recent.get(patient.id, []))
-        last = activity.get(patient.id)
-        if mine:
-            newest = readings.last_measured(mine)
-            last = newest if last is None or (newest is not None and newest > last) else last
+    for patient_id, name in found.tuples():
+        open_, unacknowledged, top = alerts_.get(patient_id, (0, 0, 0))
+        last = activity.get(patient_id)
         result.append(
             PatientStatus(
-                patient=patient,
-                open_alerts=len(alerts_),
-                unacknowledged=len(unacked),
-                top_severity=max(unacked, key=lambda s: Severity(s).rank, default=None),
+                patient_id=patient_id,
+                display_name=name,
+                open_alerts=open_,
+                unacknowledged=unacknowledged or 0,
+                top_severity=severities.get(top or 0),
                 last_reading=last,
-                adherence=None if mine is None else readings.adherence_days(mine, now=now_, zone=zone),
-                bp7=None if mine is None else readings.bp_mean(mine, since=week_ago),
-                glucose7=None if mine is None else readings.glucose_mean(mine, since=week_ago),
                 silent=last is None or now_ - last >= silent_after,
             )
         )
     return result
 
 
+def with_readings(
+    statuses: Sequence[PatientStatus],
+    recent: Mapping[str, Sequence[StoredReading]] | None,
+    *,
+    now_: datetime,
+) -> list[PatientStatus]:
+    """The statuses with adherence and 7-day means from `recent`, the last 30 days of readings (None:
+    InfluxDB unavailable); a reading newer than the database's last one moves the last reading."""
+    if recent is None:
+        return list(statuses)
+    zone = ZoneInfo(services().settings.timezone)
+    week_ago = now_ - timedelta(days=7)
+    silent_after = _silent_after()
+    result = []
+    for status in statuses:
+        mine = list(recent.get(status.patient_id, []))
+        last = status.last_reading
+        newest = readings.last_measured(mine) if mine else None
+        if newest is not None and (last is None or newest > last):
+            last = newest
+        result.append(
+            replace(
+                status,
+                last_reading=last,
+                silent=last is None or now_ - last >= silent_after,
+                adherence=readings.adherence_days(mine, now=now_, zone=zone),
+                bp7=readings.bp_mean(mine, since=week_ago),
+                glucose7=readings.glucose_mean(mine, since=week_ago),
+            )
+        )
+    return result
+
+
+def _recent(patient_ids: Sequence[str]) -> tuple[dict[str, list[StoredReading]] | None, str | None]:
+    """The last 30 days of readings of these patients, or None and why InfluxDB did not give them."""
+    if not patient_ids:
+        return {}, None
+    try:
+        return services().store().recent(patient_ids, now() - timedelta(days=ADHERENCE_DAYS)), None
+    except StorageError as exc:
+        return None, str(exc)
+
+
 @patients.get("", endpoint="overview")
 @requires(*access.CLINICAL_ROLES)
 def overview() -> ResponseReturnValue:
-    """The staff member's patients with their status, sortable."""
-    staff = current_staff()
+    """The staff member's patients with their status, sorted over all of them, `PAGE_SIZE` a page.
+
+    The order needs InfluxDB for the whole team only when it is by adherence or a 7-day mean;
+    otherwise the database orders and InfluxDB is asked for the page's patients.
+    """
     sort = request.args.get("sort", "attention")
     sort = sort if sort in SORTS else "attention"
     reverse = request.args.get("dir") == "desc"
-    mine = list(db().scalars(access.patients_query(db(), staff).order_by(Patient.id)))
-    record("view_population", detail=f"{len(mine)} patients")
-    commit()
-    store_error = None
-    recent: dict[str, list[StoredReading]] | None = None
-    try:
-        recent = services().store().recent([p.id for p in mine], now() - timedelta(days=ADHERENCE_DAYS))
-    except StorageError as exc:
-        store_error = str(exc)
-    rows = population(mine, recent, now_=now())
-    rows.sort(key=_sort_key(sort, now()), reverse=reverse)
+    now_ = now()
+    team = team_status(db(), current_staff(), now_=now_)
+    total = len(team)
+    pages = last_page(total, PAGE_SIZE)
+    page = min(page_number(request.args.get("page")), pages)
+    cut = slice((page - 1) * PAGE_SIZE, page * PAGE_SIZE)
+    record(
+        "view_population",
+        detail=f"{len(range(total)[cut])} patients shown (page {page} of {pages}, {total} in all)",
+    )
+    commit()  # before InfluxDB is asked: no database lock is held while it answers
+    key = _sort_key(sort, now_)
+    if sort in _SORTS_BY_READINGS:
+        recent, store_error = _recent([s.patient_id for s in team])
+        rows = sorted(with_readings(team, recent, now_=now_), key=key, reverse=reverse)[cut]
+    else:
+        shown = sorted(team, key=key, reverse=reverse)[cut]
+        recent, store_error = _recent([s.patient_id for s in shown])
+        rows = with_readings(shown, recent, now_=now_)
     return render_template(
         "population.html",
-        rows=rows,
+        found=PopulationPage(rows=rows, total=total, page=page, per_page=PAGE_SIZE),
         sort=sort,
         reverse=reverse,
+        sort_args={"sort": None if sort == "attention" else sort, "dir": "desc" if reverse else None},
         store_error=store_error,
         adherence_reference=readings.ADHERENCE_REFERENCE,
     )

@@ -39,6 +39,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.stored: list[StoredReading] = []
         self.down = False
+        self.recent_asked: list[list[str]] = []  # the patient ids of each `recent` call
 
     def _check(self) -> None:
         if self.down:
@@ -66,6 +67,7 @@ class MemoryStore:
 
     def recent(self, patient_ids: Sequence[str], since: datetime) -> dict[str, list[StoredReading]]:
         self._check()
+        self.recent_asked.append(list(patient_ids))
         result: dict[str, list[StoredReading]] = {}
         for r in sorted(self.stored, key=lambda r: r.reading.measured_at):
             if r.patient_id in patient_ids and r.reading.measured_at >= since:
@@ -171,6 +173,20 @@ class Clinic:
                 )
                 staff_admin.assign_patient(session, patient_id, team)
         return ids
+
+    def note_activity(self) -> None:
+        """Record the stored readings in `patient_activity`, as the gateway does after storing a batch."""
+        from alerts.timerules import record_activity
+
+        with self.sessions.begin() as session:
+            record_activity(
+                session,
+                [
+                    (r.patient_id, r.reading.type, r.reading.measured_at, r.reading.device_id)
+                    for r in self.store.stored
+                ],
+                self.clock.now,
+            )
 
     def add_alert(
         self, patient_id: str, rule: str = "severe_bp", severity: str = "critical", **fields: object

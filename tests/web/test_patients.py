@@ -129,6 +129,7 @@ def test_population_puts_the_silent_patient_next_to_the_critical_one(clinic: Cli
     for day in range(20):
         clinic.store.add_bp("P-1", NOW - timedelta(days=day, hours=1), 128, 82)
     clinic.store.add_bp("P-2", NOW - timedelta(days=6), 130, 80)  # stopped measuring 6 days ago
+    clinic.note_activity()
     page = clinic.client("ivanova").get("/patients").get_data(as_text=True)
     order = re.findall(r'<tr data-patient-id="([^"]+)">', page)
     assert order == ["P-2", "P-1"]
@@ -153,6 +154,7 @@ def test_population_puts_the_silent_patient_next_to_the_critical_one(clinic: Cli
 def test_population_is_sortable(clinic: Clinic, sort: str, direction: str, expected: list[str]) -> None:
     clinic.store.add_bp("P-1", NOW - timedelta(hours=1), 190, 120)
     clinic.store.add_bp("P-2", NOW - timedelta(days=2), 120, 80)
+    clinic.note_activity()
     page = clinic.client("ivanova").get(f"/patients?sort={sort}&dir={direction}").get_data(as_text=True)
     assert re.findall(r'<tr data-patient-id="([^"]+)">', page) == expected
 
