@@ -1,7 +1,8 @@
 """Each patient's recent readings for the window rules, from InfluxDB behind a bounded cache.
 
 The cache holds at most `max_patients` patients (least recently used out) and, per patient, at most
-`max_per_patient` readings of the last `days` days (a flooding device cannot grow it). A patient missing
+`max_per_patient` readings of the last `days` days (a flooding device cannot grow it: past the cap the
+oldest are dropped down to nine tenths of it). A patient missing
 from the cache, or cached longer than `ttl` seconds ago, is (re)loaded from the store; patients of one
 batch are loaded in one round trip. With one gateway every reading passes through the cache, so it is
 exact; with several gateways sharing the load, a reading stored by another gateway is seen within `ttl`
@@ -136,11 +137,15 @@ class RecentReadings:
             for series in entry.series.values():
                 series.drop_before(since)
         if len(entry.readings) > self._max_per_patient:
-            newest = sorted(entry.readings.values(), key=lambda r: r.measured_at)[-self._max_per_patient :]
-            entry.readings.clear()
-            entry.series.clear()
-            for view in newest:
-                entry.put(view)
+            # Trimmed to nine tenths of the cap, the oldest out: a flooding patient is trimmed once per
+            # tenth of the cap, not once per batch (re-sorting every batch stalled the gateway for longer
+            # than the MQTT keep-alive at 5 readings/s per device).
+            times = sorted(r.measured_at for r in entry.readings.values())
+            cutoff = times[len(times) - self._max_per_patient * 9 // 10]
+            for msg_id in [msg_id for msg_id, r in entry.readings.items() if r.measured_at < cutoff]:
+                del entry.readings[msg_id]
+            for series in entry.series.values():
+                series.drop_before(cutoff)
 
     def _evict(self) -> None:
         while len(self._cache) > self._max_patients:

@@ -77,3 +77,26 @@ def test_recent_on_2x_passes_the_patient_set_as_a_parameter(fake: FakeInflux2, s
         if statement["type"] == "OptionStatement"
     }
     assert [e["value"] for e in options["p_patients"]["elements"]] == ["P-1", "P-2", "P-3"]
+
+
+def test_the_history_cache_keeps_a_flooding_patient_under_its_cap_and_the_newest_readings(
+    influx_store: InfluxV1Store,
+) -> None:
+    from alerts.history import RecentReadings
+
+    history = RecentReadings(influx_store, days=8, max_patients=10, max_per_patient=20)
+    now = T0 + timedelta(hours=2)
+    sent = []
+    for batch_no in range(10):
+        batch = [
+            StoredReading("P-flood", bp(f"f-{batch_no}-{n}", T0 + timedelta(seconds=60 * batch_no + n)))
+            for n in range(7)
+        ]
+        sent.extend(batch)
+        series = history.for_batch(batch, now).series["P-flood"]["blood_pressure"]
+        assert len(series) <= 20
+        # The batch itself is always there: the rules judge it against what came before.
+        assert {s.reading.msg_id for s in batch} <= {r.msg_id for r in series.readings}
+    newest = sorted(sent, key=lambda s: s.reading.measured_at)[-len(series) :]
+    assert [r.msg_id for r in series.readings] == [s.reading.msg_id for s in newest]
+    assert len(series) >= 18  # trimmed to nine tenths of the cap, not emptied
