@@ -169,6 +169,39 @@ class _Window:
             return readings[start : self.end]
         return [*readings[start:own], *readings[own + 1 : self.end]]
 
+    def _prior_segments(self, start: datetime, end: datetime) -> list[tuple[int, int]]:
+        """Index ranges of the prior readings measured from `start` to `end` (inclusive), own left out."""
+        times = self.series.times
+        lo = bisect_left(times, start, 0, self.end)
+        hi = bisect_right(times, end, 0, self.end)
+        own = self.own
+        if own is None or not lo <= own < hi:
+            return [(lo, hi)]
+        return [(lo, own), (own + 1, hi)]
+
+    def any_severe(self, t: Thresholds, start: datetime, end: datetime) -> bool:
+        """Whether a prior reading measured from `start` to `end` (inclusive) is severe."""
+        systolic, diastolic = self.series.systolic, self.series.diastolic
+        # max() over list slices runs in C: a flooding device's hour of readings costs microseconds.
+        return any(
+            lo < hi and (max(systolic[lo:hi]) >= t.severe_sbp or max(diastolic[lo:hi]) >= t.severe_dbp)
+            for lo, hi in self._prior_segments(start, end)
+        )
+
+    def latest_severe(self, t: Thresholds, start: datetime) -> ReadingView | None:
+        """The latest severe prior reading measured at or after `start` (last in the series' order)."""
+        systolic, diastolic = self.series.systolic, self.series.diastolic
+        for lo, hi in reversed(self._prior_segments(start, self.reading.measured_at)):
+            top, size = hi, 8
+            while top > lo:  # ever larger slices back from the end, each looked at by max() first
+                bottom = max(lo, top - size)
+                if max(systolic[bottom:top]) >= t.severe_sbp or max(diastolic[bottom:top]) >= t.severe_dbp:
+                    for at in range(top - 1, bottom - 1, -1):
+                        if systolic[at] >= t.severe_sbp or diastolic[at] >= t.severe_dbp:
+                            return self.series.readings[at]
+                top, size = bottom, size * 2
+        return None
+
     def bp_sums_within(self, span: timedelta) -> tuple[int, int, int]:
         """(count, systolic sum, diastolic sum) of the prior blood-pressure readings within `span`."""
         start, own, series = self._start(span), self.own, self.series
@@ -350,14 +383,10 @@ def _bp_high(t: Thresholds, window: _Window) -> _Finding | None:
     systolic, diastolic = _bp(reading)
     text = _bp_text(reading)
     key = 100 * max(systolic / t.severe_sbp, diastolic / t.severe_dbp)
-    # Confirm-by-repeat looks back at most two confirm windows (the repeat of a repeat): older severe
-    # readings cannot change the outcome.
-    span = timedelta(minutes=2 * t.confirm_window_max_minutes)
-    severe_prior = [r for r in window.within(span) if _is_severe(t, r)]
     if _is_severe(t, reading):
-        confirmation = _severe_confirmation(t, reading.measured_at, severe_prior)
+        confirmation = _severe_confirmation(t, window, reading.measured_at)
         return _Finding("breach", RuleId.SEVERE_BP, text, key, confirmation)
-    repeat = _repeat_of_pending(t, reading.measured_at, severe_prior)
+    repeat = _repeat_of_pending(t, window)
     if not _is_high(t, reading):
         return _Finding("clear", RuleId.HIGH_BP, text, key, repeat)
     recent = [*window.within(timedelta(hours=t.high_window_hours)), reading][-t.high_of_last :]
@@ -380,26 +409,24 @@ def _gap_in_confirm_window(t: Thresholds, earlier: datetime, later: datetime) ->
     )
 
 
-def _severe_confirmation(t: Thresholds, at: datetime, severe_prior: Sequence[ReadingView]) -> Confirmation:
-    """CONFIRMED when an earlier severe reading lies within the confirm window before `at`."""
-    if any(_gap_in_confirm_window(t, r.measured_at, at) for r in severe_prior):
+def _severe_confirmation(t: Thresholds, window: _Window, at: datetime) -> Confirmation:
+    """CONFIRMED when a prior severe reading lies within the confirm window before `at`."""
+    earliest = at - timedelta(minutes=t.confirm_window_max_minutes)
+    latest = at - timedelta(minutes=t.confirm_window_min_minutes)
+    if window.any_severe(t, earliest, latest):
         return Confirmation.CONFIRMED
     return Confirmation.PENDING
 
 
-def _repeat_of_pending(
-    t: Thresholds, at: datetime, severe_prior: Sequence[ReadingView]
-) -> Confirmation | None:
-    """NOT_CONFIRMED when a non-severe reading at `at` is the repeat of a pending severe reading."""
-    recent = [
-        r for r in severe_prior if at - r.measured_at <= timedelta(minutes=t.confirm_window_max_minutes)
-    ]
-    if not recent:
+def _repeat_of_pending(t: Thresholds, window: _Window) -> Confirmation | None:
+    """NOT_CONFIRMED when a non-severe reading is the repeat of a pending severe reading."""
+    at = window.reading.measured_at
+    latest = window.latest_severe(t, at - timedelta(minutes=t.confirm_window_max_minutes))
+    if latest is None:
         return None
-    latest = recent[-1]
     if not _gap_in_confirm_window(t, latest.measured_at, at):
         return None  # too early to be the repeat
-    if _severe_confirmation(t, latest.measured_at, severe_prior) is not Confirmation.PENDING:
+    if _severe_confirmation(t, window, latest.measured_at) is not Confirmation.PENDING:
         return None
     return Confirmation.NOT_CONFIRMED
 

@@ -12,8 +12,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alerts.model import Decision, DecisionKind, Family, ReadingView
-from alerts.rules import Series, confirmation_expired, device_silent, evaluate, evaluate_series, no_data_due
+from alerts.model import Confirmation, Decision, DecisionKind, Family, ReadingView
+from alerts.rules import (
+    Series,
+    _repeat_of_pending,
+    _severe_confirmation,
+    confirmation_expired,
+    device_silent,
+    evaluate,
+    evaluate_series,
+    no_data_due,
+)
 from alerts.thresholds import Thresholds
 from gateway.timeseries.base import ReadingType
 
@@ -319,7 +328,7 @@ _MINUTES = st.sampled_from([0, 5, 10, 30, 60, 24 * HOUR, 24 * HOUR + 1, 3 * DAY,
 
 @st.composite
 def _views(draw: st.DrawFn) -> ReadingView:
-    kind = draw(st.sampled_from(["blood_pressure", "glucose"]))
+    kind: ReadingType = draw(st.sampled_from(["blood_pressure", "glucose"]))
     return ReadingView(
         msg_id=f"m{draw(st.integers(0, 12))}",  # few ids: duplicates of one msg_id are common
         device_id="dev",
@@ -406,3 +415,70 @@ def test_evaluating_a_batch_decides_what_evaluating_each_reading_alone_decides(
     one_by_one = [d for r in readings for d in run(r, everything)]
     series = {kind: Series.of(everything, kind) for kind in ("blood_pressure", "glucose")}
     assert evaluate_series(DEFAULTS, PATIENT, series, readings, NOW, late_after=LATE_AFTER) == one_by_one
+
+
+def _naive_confirmation(t: Thresholds, history: Sequence[ReadingView], reading: ReadingView) -> object:
+    """Confirm-by-repeat by its definition (module docstring of alerts.rules), on plain lists."""
+    prior = _plain_prior(history, reading)
+    severe = [r for r in prior if (r.systolic or 0) >= t.severe_sbp or (r.diastolic or 0) >= t.severe_dbp]
+    low, high = (
+        timedelta(minutes=t.confirm_window_min_minutes),
+        timedelta(minutes=t.confirm_window_max_minutes),
+    )
+
+    def confirmed(at: datetime) -> bool:
+        return any(low <= at - r.measured_at <= high for r in severe)
+
+    if (reading.systolic or 0) >= t.severe_sbp or (reading.diastolic or 0) >= t.severe_dbp:
+        return "confirmed" if confirmed(reading.measured_at) else "pending"
+    recent = [r for r in severe if reading.measured_at - r.measured_at <= high]
+    if not recent or not low <= reading.measured_at - recent[-1].measured_at <= high:
+        return None
+    return None if confirmed(recent[-1].measured_at) else "not_confirmed"
+
+
+_CONFIRM_MINUTES = st.sampled_from([0, 1, 4, 5, 6, 10, 14, 15, 16, 20, 29, 30, 31, 45, 60, 61])
+
+
+@st.composite
+def _bp_views(draw: st.DrawFn) -> ReadingView:
+    return ReadingView(
+        msg_id=f"b{draw(st.integers(0, 40))}",
+        device_id="dev",
+        type="blood_pressure",
+        measured_at=NOW - timedelta(minutes=draw(_CONFIRM_MINUTES)),
+        systolic=draw(st.sampled_from([120, 150, 179, 180, 200])),
+        diastolic=draw(st.sampled_from([70, 90, 119, 120])),
+        pulse=70,
+        quality=("movement",) if draw(st.integers(0, 5)) == 0 else (),
+    )
+
+
+@given(history=st.lists(_bp_views(), max_size=60), reading=_bp_views(), stored_copy_first=st.booleans())
+@settings(max_examples=800, deadline=None)
+def test_confirm_by_repeat_agrees_with_its_definition(
+    history: list[ReadingView], reading: ReadingView, stored_copy_first: bool
+) -> None:
+    # The rule's own functions (a decision may hide its confirmation: no CLEAR while a newer reading exists).
+    # The history may hold another copy of the reading's msg_id (a redelivery): it never counts.
+    current = _current([reading, *history] if stored_copy_first else [*history, reading])
+    window = Series.of(current, "blood_pressure").window(reading)
+    t = DEFAULTS
+    if (reading.systolic or 0) >= t.severe_sbp or (reading.diastolic or 0) >= t.severe_dbp:
+        found: object = _severe_confirmation(t, window, reading.measured_at).value
+    else:
+        repeat = _repeat_of_pending(t, window)
+        found = None if repeat is None else repeat.value
+    assert found == _naive_confirmation(t, current, reading)
+
+
+@pytest.mark.parametrize("normal_between", [0, 1, 7, 8, 9, 15, 16, 17, 40, 200])
+def test_the_latest_severe_reading_is_found_however_many_readings_follow_it(normal_between: int) -> None:
+    # A pending severe reading 10 minutes ago, then many normal ones (a device sending every few seconds):
+    # the current normal reading is still its repeat (5-15 minutes after), and it was never confirmed.
+    severe = bp(10, 185, 100)
+    between = [bp(10 - (n + 1) * 9 / (normal_between + 1), 120, 80) for n in range(normal_between)]
+    current = bp(0, 125, 80)
+    window = Series.of([severe, *between, current], "blood_pressure").window(current)
+    assert window.latest_severe(DEFAULTS, current.measured_at - timedelta(minutes=15)) == severe
+    assert _repeat_of_pending(DEFAULTS, window) is Confirmation.NOT_CONFIRMED
