@@ -74,7 +74,8 @@ class Gateway:
     ) -> None:
         self.drop_watch = drop_watch  # the broker's silent queue drops, logged as errors
         self._queue: queue.Queue[InboundMessage] = queue.Queue(maxsize=queue_size)
-        self._consumer = consumer_factory(self._queue.put)
+        self._stopping = threading.Event()
+        self._consumer = consumer_factory(self._deliver)
         self.checks: dict[str, Check] = {
             "broker": flag_check(self._consumer.connected.is_set, "not connected to the MQTT broker"),
             **(checks or {}),
@@ -86,7 +87,6 @@ class Gateway:
         self._batch_size = batch_size
         self._batch_max_wait = batch_max_wait
         self._retry_max_delay = retry_max_delay
-        self._stopping = threading.Event()
         self.stats = GatewayStats()
 
     @property
@@ -125,6 +125,21 @@ class Gateway:
             if self.drop_watch is not None:
                 self.drop_watch.stop()
             self._report()
+
+    def _deliver(self, message: InboundMessage) -> None:
+        """Called on paho's network thread: queue the message, waiting while the queue is full.
+
+        Once stopping, a message that finds the queue full is dropped: it is unacknowledged, so the broker
+        redelivers it. (Waiting unconditionally deadlocked the shutdown: paho's thread blocked in a full
+        queue, and stopping waits for that thread.)
+        """
+        while True:
+            try:
+                self._queue.put(message, timeout=0.25)
+                return
+            except queue.Full:
+                if self._stopping.is_set():
+                    return
 
     def _collect(self) -> list[InboundMessage]:
         """Wait briefly for a first message, then take more until the batch is full or old enough.

@@ -26,7 +26,7 @@ class _Consumer:
         return len(messages)
 
 
-def _gateway(batch_size: int, batch_max_wait: float) -> tuple[Gateway, _Consumer]:
+def _gateway(batch_size: int, batch_max_wait: float, queue_size: int = 1000) -> tuple[Gateway, _Consumer]:
     consumers: list[_Consumer] = []
 
     def factory(deliver: Callable[[InboundMessage], None]) -> MqttConsumer:
@@ -38,7 +38,7 @@ def _gateway(batch_size: int, batch_max_wait: float) -> tuple[Gateway, _Consumer
         pipeline=cast(IngestPipeline, None),  # not reached: only batches are cut here
         batch_size=batch_size,
         batch_max_wait=batch_max_wait,
-        queue_size=1000,
+        queue_size=queue_size,
     )
     return gateway, consumers[0]
 
@@ -106,3 +106,18 @@ def test_history_is_reloaded_often_only_by_members_of_a_shared_subscription() ->
     assert history_ttl("rpm/devices/+/readings") == 3600.0
     assert history_ttl("$share/rpmgw/rpm/devices/+/readings") == 60.0
     assert history_ttl("$queue/rpm/devices/+/readings") == 60.0
+
+
+def test_a_full_queue_holds_paho_back_but_never_blocks_the_shutdown() -> None:
+    gateway, consumer = _gateway(batch_size=10, batch_max_wait=1.0, queue_size=3)
+    now = datetime.now(UTC)
+    for n in range(1, 4):
+        consumer.deliver(_message(n, now))
+    network_thread = threading.Thread(target=consumer.deliver, args=(_message(4, now),), daemon=True)
+    network_thread.start()
+    network_thread.join(0.5)
+    assert network_thread.is_alive(), "a full queue must hold the broker's messages back, not drop them"
+    gateway.stop()
+    network_thread.join(30)
+    assert not network_thread.is_alive(), "stopping deadlocked on paho's thread waiting for a full queue"
+    assert [m.mid for m in (_collect_within(gateway, 30) or [])] == [1, 2, 3]  # the 4th: redelivered later
