@@ -22,7 +22,7 @@ from alerts.lifecycle import ApplyResult, apply
 from alerts.model import Decision, ReadingView
 from alerts.rules import Series, evaluate_series
 from alerts.tables import Alert
-from alerts.threshold_store import thresholds_for
+from alerts.threshold_store import ThresholdCache
 from alerts.thresholds import Thresholds
 from alerts.timerules import ActivityCache, record_activity
 from gateway import metrics
@@ -64,6 +64,7 @@ class AlertEngine:
         self._clock = clock
         self._late_after = timedelta(minutes=settings.late_after_minutes)
         self._activity = ActivityCache()
+        self._thresholds = ThresholdCache(clinic)
 
     def evaluate(self, batch: Sequence[StoredReading]) -> EngineResult:
         """Evaluate every reading of the batch (per patient, oldest first) and apply the decisions."""
@@ -74,7 +75,7 @@ class AlertEngine:
             by_patient[stored.patient_id].append((stored, view))
         try:
             with self._sessions.begin() as session:
-                thresholds = thresholds_for(session, by_patient.keys(), self._clinic)
+                thresholds = self._thresholds.thresholds_for(session, by_patient.keys())
                 decisions = self._decide(by_patient, history.series, thresholds, now)
                 applied = apply(
                     session,

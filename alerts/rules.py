@@ -192,6 +192,8 @@ class _Window:
         """The latest severe prior reading measured at or after `start` (last in the series' order)."""
         systolic, diastolic = self.series.systolic, self.series.diastolic
         for lo, hi in reversed(self._prior_segments(start, self.reading.measured_at)):
+            if lo == hi or (max(systolic[lo:hi]) < t.severe_sbp and max(diastolic[lo:hi]) < t.severe_dbp):
+                continue  # the common case, one look
             top, size = hi, 8
             while top > lo:  # ever larger slices back from the end, each looked at by max() first
                 bottom = max(lo, top - size)

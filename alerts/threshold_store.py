@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -110,26 +110,61 @@ def thresholds_for(
     result: dict[str, tuple[Thresholds, str]] = {pid: (clinic, CLINIC_LABEL) for pid in wanted}
     if not wanted:
         return result
-    newest = (
-        select(ThresholdVersion.patient_id, func.max(ThresholdVersion.version).label("version"))
-        .where(ThresholdVersion.patient_id.in_(wanted))
-        .group_by(ThresholdVersion.patient_id)
-        .subquery()
-    )
+    result.update(_newest_sets(session, clinic, ThresholdVersion.patient_id.in_(wanted)))
+    return result
+
+
+class ThresholdCache:
+    """Patients' effective thresholds for the gateway, read again only when a version was added.
+
+    Each call asks the database one small question (how many versions there are and the newest id, in
+    the caller's transaction); only when the answer changed are the newest sets of every patient that
+    has any read again. Asking for the batch's patients instead (an IN list of a thousand ids per batch)
+    cost the gateway an eighth of its time under live load on PostgreSQL (profiled). A version saved
+    by the web application applies from the next batch on, as before.
+    """
+
+    def __init__(self, clinic: Thresholds) -> None:
+        self._clinic = clinic
+        self._marker: tuple[int, int | None] | None = None
+        self._sets: dict[str, tuple[Thresholds, str]] = {}
+
+    def thresholds_for(
+        self, session: Session, patient_ids: Iterable[str]
+    ) -> dict[str, tuple[Thresholds, str]]:
+        """Like `thresholds_for`, for `patient_ids`."""
+        count, newest = session.execute(select(func.count(), func.max(ThresholdVersion.id))).one()
+        marker = (int(count), newest)
+        if marker != self._marker:
+            self._sets = _newest_sets(session, self._clinic, None)
+            self._marker = marker
+        fallback = (self._clinic, CLINIC_LABEL)
+        return {pid: self._sets.get(pid, fallback) for pid in patient_ids}
+
+
+def _newest_sets(
+    session: Session, clinic: Thresholds, where: ColumnElement[bool] | None
+) -> dict[str, tuple[Thresholds, str]]:
+    """The newest override set of each patient (of those `where` selects), applied to `clinic`."""
+    newest = select(ThresholdVersion.patient_id, func.max(ThresholdVersion.version).label("version"))
+    if where is not None:
+        newest = newest.where(where)
+    grouped = newest.group_by(ThresholdVersion.patient_id).subquery()
     rows = session.execute(
         select(ThresholdVersion.patient_id, ThresholdVersion.version, ThresholdVersion.overrides).join(
-            newest,
-            (ThresholdVersion.patient_id == newest.c.patient_id)
-            & (ThresholdVersion.version == newest.c.version),
+            grouped,
+            (ThresholdVersion.patient_id == grouped.c.patient_id)
+            & (ThresholdVersion.version == grouped.c.version),
         )
     ).all()
+    found: dict[str, tuple[Thresholds, str]] = {}
     for patient_id, version, stored in rows:
         label = version_label(patient_id, version)
         try:
-            result[patient_id] = (with_overrides(clinic, _decode(stored), source=label), label)
+            found[patient_id] = (with_overrides(clinic, _decode(stored), source=label), label)
         except ThresholdsError as exc:
             log.error("ignoring the overrides %s, the clinic thresholds apply: %s", label, exc)
-    return result
+    return found
 
 
 def current_overrides(session: Session, patient_id: str) -> dict[str, int | float]:

@@ -98,3 +98,29 @@ def test_a_stored_set_the_clinic_no_longer_allows_falls_back_to_the_clinic(migra
     stricter_clinic = with_overrides(Thresholds(), {"low_sbp": 130})
     with migrated_db.sessions() as session:
         assert thresholds_for(session, ["P-1"], stricter_clinic)["P-1"] == (stricter_clinic, "clinic")
+
+
+def test_the_gateways_threshold_cache_sees_every_new_version_at_the_next_call(
+    migrated_db: MigratedDb,
+) -> None:
+    from alerts.threshold_store import ThresholdCache
+
+    _people(migrated_db)
+    cache = ThresholdCache(CLINIC)
+
+    def effective() -> dict[str, tuple[Thresholds, str]]:
+        with migrated_db.sessions.begin() as session:
+            return cache.thresholds_for(session, ["P-1", "P-2", "P-3"])
+
+    assert effective() == {pid: (CLINIC, "clinic") for pid in ("P-1", "P-2", "P-3")}
+    _set(migrated_db, "P-1", {"low_sbp": 100})
+    first = effective()
+    assert (first["P-1"][0].low_sbp, first["P-1"][1]) == (100, "patient:P-1:v1")
+    assert first["P-2"] == (CLINIC, "clinic")
+    _set(migrated_db, "P-2", {"hypo_l1_mmol": 4.5})
+    _set(migrated_db, "P-1", {}, reason="back to the clinic's")
+    second = effective()
+    assert second["P-1"] == (with_overrides(CLINIC, {}, source="patient:P-1:v2"), "patient:P-1:v2")
+    assert (second["P-2"][0].hypo_l1_mmol, second["P-2"][1]) == (4.5, "patient:P-2:v1")
+    with migrated_db.sessions() as session:
+        assert second == thresholds_for(session, ["P-1", "P-2", "P-3"], CLINIC)
