@@ -413,3 +413,23 @@ def test_a_remeasure_redelivered_after_an_alert_opened_is_not_texted_again(migra
     run(sessions, bp("m2", T0 + 10 * MIN, 165, 95), now=T0 + 11 * MIN)
     run(sessions, suspect, now=T0 + 12 * MIN)
     assert texts(sessions) == [(PATIENT_PHONE, "remeasure_advice", "remeasure")]
+
+
+def test_a_breach_and_a_clear_of_one_batch_open_and_clear_the_alert(migrated_db: MigratedDb) -> None:
+    # Clears for families without an open alert are skipped before loading anything: a clear that
+    # follows a breach in the same batch must still find the alert the breach opened.
+    sessions = migrated_db.sessions
+    setup_clinic(sessions)
+
+    result = run(
+        sessions,
+        normal("m0", T0 - MIN),  # nothing open yet: does nothing
+        bp("m1", T0, 165, 95),
+        normal("m2", T0 + 10 * MIN),
+        now=T0 + 11 * MIN,
+    )
+
+    [alert] = alerts_of(sessions)
+    assert result.opened == (alert.id,) and result.cleared == (alert.id,)
+    assert alert.cleared_at == T0 + 11 * MIN
+    assert events_of(sessions, alert.id) == [("raised", "m1"), ("cleared", "m2")]
