@@ -36,7 +36,7 @@ Choices the guideline leaves open, fixed here:
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -48,6 +48,7 @@ from gateway.timeseries.base import ReadingType
 
 NoDataDue = Literal["none", "reminder", "alert"]
 
+_TICK = timedelta(microseconds=1)  # the resolution of datetime: `t + _TICK` is the first time after t
 _LO_KEY = 0.0  # minus mmol/L of a value at zero: worse than any reading a meter can show
 _HI_KEY = 1000.0  # beyond any glucometer's numeric range
 
@@ -73,7 +74,7 @@ class Series:
     evaluation grow with the history (profiled: a quarter of the gateway's time in a backlog drain).
     """
 
-    __slots__ = ("_by_id", "_keys", "diastolic", "readings", "systolic", "times", "type")
+    __slots__ = ("_by_id", "_keys", "_severe", "diastolic", "readings", "systolic", "times", "type")
 
     def __init__(self, reading_type: str) -> None:
         self.type = reading_type
@@ -83,6 +84,9 @@ class Series:
         self.diastolic: list[int] = []
         self._keys: list[tuple[datetime, str]] = []  # (measured_at, msg_id): the sort order
         self._by_id: dict[str, ReadingView] = {}
+        # Per (severe_sbp, severe_dbp): the keys of the severe readings, kept sorted alongside the rest,
+        # so confirm-by-repeat looks at a handful of entries however many normal readings surround them.
+        self._severe: dict[tuple[int, int], list[tuple[datetime, str]]] = {}
 
     @classmethod
     def of(cls, history: Iterable[ReadingView], reading_type: str) -> Series:
@@ -96,6 +100,10 @@ class Series:
     def __len__(self) -> int:
         return len(self._keys)
 
+    def by_id(self, msg_id: str) -> ReadingView:
+        """The held reading with this msg_id."""
+        return self._by_id[msg_id]
+
     def put(self, reading: ReadingView) -> None:
         """Take `reading` as its msg_id's current copy: replaces an earlier copy; a suspect one only removes."""
         self.discard(reading.msg_id)
@@ -108,9 +116,13 @@ class Series:
         old = self._by_id.pop(msg_id, None)
         if old is None:
             return
-        at = bisect_left(self._keys, (old.measured_at, old.msg_id))
+        key = (old.measured_at, old.msg_id)
+        at = bisect_left(self._keys, key)
         for column in (self._keys, self.readings, self.times, self.systolic, self.diastolic):
             del column[at]
+        for (severe_sbp, severe_dbp), severe in self._severe.items():
+            if (old.systolic or 0) >= severe_sbp or (old.diastolic or 0) >= severe_dbp:
+                del severe[bisect_left(severe, key)]
 
     def drop_before(self, since: datetime) -> None:
         """Forget the readings measured before `since`."""
@@ -121,6 +133,8 @@ class Series:
             del self._by_id[reading.msg_id]
         for column in (self._keys, self.readings, self.times, self.systolic, self.diastolic):
             del column[:count]
+        for severe in self._severe.values():
+            del severe[: bisect_left(severe, (since,))]
 
     def _insert(self, at: int, reading: ReadingView) -> None:
         self._by_id[reading.msg_id] = reading
@@ -129,6 +143,22 @@ class Series:
         self.times.insert(at, reading.measured_at)
         self.systolic.insert(at, reading.systolic or 0)
         self.diastolic.insert(at, reading.diastolic or 0)
+        for (severe_sbp, severe_dbp), severe in self._severe.items():
+            if (reading.systolic or 0) >= severe_sbp or (reading.diastolic or 0) >= severe_dbp:
+                insort(severe, (reading.measured_at, reading.msg_id))
+
+    def severe_keys(self, severe_sbp: int, severe_dbp: int) -> list[tuple[datetime, str]]:
+        """(measured_at, msg_id) of the readings at or above these severe thresholds, oldest first."""
+        severe = self._severe.get((severe_sbp, severe_dbp))
+        if severe is None:
+            if len(self._severe) >= 4:  # thresholds changed several times: forget the old ones
+                self._severe.clear()
+            severe = self._severe[severe_sbp, severe_dbp] = [
+                key
+                for key, systolic, diastolic in zip(self._keys, self.systolic, self.diastolic, strict=True)
+                if systolic >= severe_sbp or diastolic >= severe_dbp
+            ]
+        return severe
 
     def window(self, reading: ReadingView) -> _Window:
         """The window around `reading` (its own msg_id left out: it is judged as given, not as stored)."""
@@ -169,40 +199,22 @@ class _Window:
             return readings[start : self.end]
         return [*readings[start:own], *readings[own + 1 : self.end]]
 
-    def _prior_segments(self, start: datetime, end: datetime) -> list[tuple[int, int]]:
-        """Index ranges of the prior readings measured from `start` to `end` (inclusive), own left out."""
-        times = self.series.times
-        lo = bisect_left(times, start, 0, self.end)
-        hi = bisect_right(times, end, 0, self.end)
-        own = self.own
-        if own is None or not lo <= own < hi:
-            return [(lo, hi)]
-        return [(lo, own), (own + 1, hi)]
+    def _severe_between(self, t: Thresholds, start: datetime, end: datetime) -> list[tuple[datetime, str]]:
+        """Keys of the severe prior readings measured from `start` to `end` (inclusive), own left out."""
+        severe = self.series.severe_keys(t.severe_sbp, t.severe_dbp)
+        end = min(end, self.reading.measured_at)  # prior readings only
+        lo = bisect_left(severe, (start,))
+        hi = bisect_left(severe, (end + _TICK,))
+        return [key for key in severe[lo:hi] if key[1] != self.reading.msg_id]
 
     def any_severe(self, t: Thresholds, start: datetime, end: datetime) -> bool:
         """Whether a prior reading measured from `start` to `end` (inclusive) is severe."""
-        systolic, diastolic = self.series.systolic, self.series.diastolic
-        # max() over list slices runs in C: a flooding device's hour of readings costs microseconds.
-        return any(
-            lo < hi and (max(systolic[lo:hi]) >= t.severe_sbp or max(diastolic[lo:hi]) >= t.severe_dbp)
-            for lo, hi in self._prior_segments(start, end)
-        )
+        return bool(self._severe_between(t, start, end))
 
     def latest_severe(self, t: Thresholds, start: datetime) -> ReadingView | None:
         """The latest severe prior reading measured at or after `start` (last in the series' order)."""
-        systolic, diastolic = self.series.systolic, self.series.diastolic
-        for lo, hi in reversed(self._prior_segments(start, self.reading.measured_at)):
-            if lo == hi or (max(systolic[lo:hi]) < t.severe_sbp and max(diastolic[lo:hi]) < t.severe_dbp):
-                continue  # the common case, one look
-            top, size = hi, 8
-            while top > lo:  # ever larger slices back from the end, each looked at by max() first
-                bottom = max(lo, top - size)
-                if max(systolic[bottom:top]) >= t.severe_sbp or max(diastolic[bottom:top]) >= t.severe_dbp:
-                    for at in range(top - 1, bottom - 1, -1):
-                        if systolic[at] >= t.severe_sbp or diastolic[at] >= t.severe_dbp:
-                            return self.series.readings[at]
-                top, size = bottom, size * 2
-        return None
+        found = self._severe_between(t, start, self.reading.measured_at)
+        return self.series.by_id(found[-1][1]) if found else None
 
     def bp_sums_within(self, span: timedelta) -> tuple[int, int, int]:
         """(count, systolic sum, diastolic sum) of the prior blood-pressure readings within `span`."""

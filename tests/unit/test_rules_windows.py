@@ -358,6 +358,7 @@ def _plain_prior(history: Sequence[ReadingView], reading: ReadingView) -> list[R
 
 def _added_one_by_one(history: Sequence[ReadingView], reading_type: str) -> Series:
     series = Series(reading_type)
+    series.severe_keys(180, 120)  # asked before anything is added: kept up to date from then on
     for r in history:
         series.put(r)
     return series
@@ -404,6 +405,8 @@ def test_a_series_built_reading_by_reading_and_pruned_equals_one_built_at_once(
             expected.diastolic,
         )
         assert len(series) == len(expected)
+        for thresholds in ((180, 120), (150, 95)):
+            assert series.severe_keys(*thresholds) == expected.severe_keys(*thresholds)
 
 
 @given(history=st.lists(_views(), max_size=25), readings=st.lists(_views(), min_size=1, max_size=6))
