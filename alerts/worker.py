@@ -1,4 +1,4 @@
-"""The `rpmgw worker` process: time-driven rules and SMS delivery, on a fixed tick.
+"""The `rpmgw worker` process: time-driven rules and SMS delivery, each on its own fixed tick.
 
 All state is in the database, so any number of workers may run and any may be killed: time rules are
 idempotent, and outbox rows are claimed before they are sent.
@@ -65,23 +65,44 @@ class Worker:
         self._stop.set()
 
     def run(self) -> None:
-        """Tick until stopped; a failing tick (database down) is logged and tried again next time."""
+        """Run the time rules and deliver texts until stopped, each on its own loop every interval.
+
+        Apart, so that a text the gateway queued waits for the next delivery round only, not also for a
+        run of the time rules (which look at every patient): one loop doing both put the time rules' run
+        into the latency of every critical text (bench: SMS p99 of seconds at 2,500 readings/s). Both
+        loops are idempotent against each other and against other workers (outbox rows are claimed).
+        A failing round (database down) is logged and tried again next time.
+        """
+        rules = threading.Thread(target=self._loop, args=(self._rules_round,), name="time-rules", daemon=True)
+        rules.start()
+        try:
+            self._loop(self._delivery_round)
+        finally:
+            self._stop.set()
+            rules.join(60)
+
+    def tick(self) -> None:
+        """One round of each: the time rules (confirmation windows, no data, device silent, escalation),
+        then the texts that are due."""
+        self._rules_round()
+        self._delivery_round()
+
+    def _loop(self, round_: Callable[[], None]) -> None:
         while not self._stop.is_set():
             try:
-                self.tick()
+                round_()
                 metrics.WORKER_TICKS.labels(outcome="ok").inc()
             except DBAPIError as exc:
                 metrics.WORKER_TICKS.labels(outcome="failed").inc()
                 self.stats.failed_ticks += 1
                 log.warning(
-                    "worker tick failed (%s); trying again in %.0f s",
+                    "worker round failed (%s); trying again in %.0f s",
                     exc.orig,
                     self._settings.worker_interval_seconds,
                 )
             self._stop.wait(self._settings.worker_interval_seconds)
 
-    def tick(self) -> None:
-        """Time rules (confirmation windows, no data, device silent, escalation), then due texts."""
+    def _rules_round(self) -> None:
         now = self._clock()
         with self._sessions.begin() as session:
             report = run_time_rules(
@@ -95,7 +116,11 @@ class Worker:
             )
         if report.total:
             log.info("time rules: %s", report)
-        # Bounded: a tick never spins on rows that keep coming back (they have their own backoff).
+        self._observe_acknowledgements(now)
+        self.stats.ticks += 1
+
+    def _delivery_round(self) -> None:
+        # Bounded: a round never spins on rows that keep coming back (they have their own backoff).
         for _ in range(MAX_DELIVERY_ROUNDS_PER_TICK):
             delivered = self._delivery.run_once()
             _count_texts(delivered)
@@ -104,8 +129,6 @@ class Worker:
                 log.info("texts: %s", delivered)
             if delivered.total == 0 or self._stop.is_set():
                 break
-        self._observe_acknowledgements(now)
-        self.stats.ticks += 1
 
     def _observe_acknowledgements(self, now: datetime) -> None:
         """Put alerts acknowledged since the last tick into the time-to-acknowledge histogram."""

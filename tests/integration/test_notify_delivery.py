@@ -586,3 +586,43 @@ def test_the_process_entry_point_skips_rows_that_are_not_due(env: Env) -> None:
     env.clock.advance(minutes=5)
     assert env.delivery().process(outbox_id) is Outcome.SENT
     assert env.delivery().process(outbox_id) is Outcome.SKIPPED
+
+
+# -- the worker process's loops -----------------------------------------------------------------------
+
+
+def test_the_worker_sends_a_queued_text_while_its_time_rules_are_still_running(env: Env) -> None:
+    # The time rules look at every patient and may take a while under load; a critical text the gateway
+    # queued meanwhile must not wait for them. Here the time rules' round is held up on its clock.
+    from alerts.thresholds import Thresholds
+    from alerts.worker import Worker
+    from rpmgw.settings import AlertsSettings
+    from tests.helpers import wait_until
+
+    env.patient()
+    rules_running, release = threading.Event(), threading.Event()
+
+    def held_rules_clock() -> datetime:
+        rules_running.set()
+        release.wait(60)
+        return env.clock()
+
+    worker = Worker(
+        sessions=env.db.sessions,
+        delivery=env.delivery(),
+        clinic=Thresholds(),
+        settings=AlertsSettings(worker_interval_seconds=0.05),
+        clock=held_rules_clock,
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        assert rules_running.wait(30), "the worker never started its time rules"
+        row = env.enqueue("alert:9:patient:advice")
+        wait_until(lambda: env.row(row).status == "sent", 30, "the text to be sent while the time rules run")
+        assert len(env.fake.created) == 1
+    finally:
+        release.set()
+        worker.stop()
+        thread.join(30)
+    assert not thread.is_alive()
