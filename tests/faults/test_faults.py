@@ -148,7 +148,7 @@ def test_influxdb_down_while_readings_keep_coming(
         )
         assert (lost, doubled) == (0, 0)
         assert growth < MAX_RSS_GROWTH_KIB, f"memory grew by {growth} KiB during the outage"
-        assert "storage is back" in gateway.log()
+        wait_until(lambda: "storage is back" in gateway.log(), 30, "the gateway to report storage back")
     finally:
         gateway.kill()
         own.stop()
