@@ -39,7 +39,7 @@ class WorkerStats:
 
 
 class Worker:
-    """Runs `tick()` every `interval` seconds until stopped."""
+    """Runs the time rules and the delivery of texts, each every `interval` seconds, until stopped."""
 
     def __init__(
         self,
@@ -61,7 +61,7 @@ class Worker:
         self._acks_seen_until: datetime | None = None
 
     def stop(self) -> None:
-        """Finish the current tick, then return from `run`."""
+        """Finish the current rounds, then return from `run`."""
         self._stop.set()
 
     def run(self) -> None:
@@ -80,12 +80,6 @@ class Worker:
         finally:
             self._stop.set()
             rules.join(60)
-
-    def tick(self) -> None:
-        """One round of each: the time rules (confirmation windows, no data, device silent, escalation),
-        then the texts that are due."""
-        self._rules_round()
-        self._delivery_round()
 
     def _loop(self, round_: Callable[[], None]) -> None:
         while not self._stop.is_set():
