@@ -39,7 +39,7 @@ class WorkerStats:
 
 
 class Worker:
-    """Runs the time rules and the delivery of texts, each every `interval` seconds, until stopped."""
+    """Runs the time rules and the delivery of texts, each on its own loop and interval, until stopped."""
 
     def __init__(
         self,
@@ -73,15 +73,20 @@ class Worker:
         loops are idempotent against each other and against other workers (outbox rows are claimed).
         A failing round (database down) is logged and tried again next time.
         """
-        rules = threading.Thread(target=self._loop, args=(self._rules_round,), name="time-rules", daemon=True)
+        rules = threading.Thread(
+            target=self._loop,
+            args=(self._rules_round, self._settings.worker_interval_seconds),
+            name="time-rules",
+            daemon=True,
+        )
         rules.start()
         try:
-            self._loop(self._delivery_round)
+            self._loop(self._delivery_round, self._settings.delivery_interval_seconds)
         finally:
             self._stop.set()
             rules.join(60)
 
-    def _loop(self, round_: Callable[[], None]) -> None:
+    def _loop(self, round_: Callable[[], None], interval: float) -> None:
         while not self._stop.is_set():
             try:
                 round_()
@@ -89,12 +94,8 @@ class Worker:
             except DBAPIError as exc:
                 metrics.WORKER_TICKS.labels(outcome="failed").inc()
                 self.stats.failed_ticks += 1
-                log.warning(
-                    "worker round failed (%s); trying again in %.0f s",
-                    exc.orig,
-                    self._settings.worker_interval_seconds,
-                )
-            self._stop.wait(self._settings.worker_interval_seconds)
+                log.warning("worker round failed (%s); trying again in %.1f s", exc.orig, interval)
+            self._stop.wait(interval)
 
     def _rules_round(self) -> None:
         now = self._clock()

@@ -142,7 +142,12 @@ class AlertsSettings(BaseModel):
     # Escalation of unacknowledged critical alerts (heuristic, DOMAIN.md).
     escalate_responsible_after_minutes: int = Field(default=15, ge=1)
     escalate_oncall_after_minutes: int = Field(default=30, ge=1)
+    # The worker's time rules (no data, missed escalations) run every this many seconds: each run looks
+    # at every patient, so this is not the delivery's pace.
     worker_interval_seconds: float = Field(default=5.0, gt=0)
+    # The worker looks for texts to send every this many seconds (one indexed query when there are none):
+    # what a critical text waits at most after the gateway queued it.
+    delivery_interval_seconds: float = Field(default=0.5, gt=0)
     # /healthz, /readyz and /metrics of the worker process on 0.0.0.0:port (0: none).
     worker_health_port: int = Field(default=0, ge=0, le=65535)
 

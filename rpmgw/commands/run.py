@@ -201,8 +201,9 @@ def worker(ctx: SettingsContext) -> None:
         settings.gateway.health_host, settings.alerts.worker_health_port, {"database": database_check(engine)}
     )
     log.info(
-        "worker up: every %.0f s, SMS back end %s",
+        "worker up: time rules every %.1f s, texts looked for every %.2f s, SMS back end %s",
         settings.alerts.worker_interval_seconds,
+        settings.alerts.delivery_interval_seconds,
         settings.sms.backend,
     )
     service.run()

@@ -224,6 +224,7 @@ class FaultDeployment:
             "RPMGW_GATEWAY__BATCH_MAX_WAIT": "0.05",
             "RPMGW_GATEWAY__STORAGE_RETRY_MAX_DELAY": "1",
             "RPMGW_ALERTS__WORKER_INTERVAL_SECONDS": "0.2",
+            "RPMGW_ALERTS__DELIVERY_INTERVAL_SECONDS": "0.2",
             "RPMGW_SMS__RETRY_BASE_SECONDS": "0.2",
             **self.twilio.env(),
             **self.extra_env,

@@ -108,6 +108,7 @@ def _clinic(
         "RPMGW_DATA_DIR": str(tmp_path),
         "RPMGW_GATEWAY__BATCH_MAX_WAIT": "0.05",
         "RPMGW_ALERTS__WORKER_INTERVAL_SECONDS": "0.2",
+        "RPMGW_ALERTS__DELIVERY_INTERVAL_SECONDS": "0.2",
         "RPMGW_SMS__RETRY_BASE_SECONDS": "0.2",
         **twilio.env(),
     }

@@ -611,7 +611,7 @@ def test_the_worker_sends_a_queued_text_while_its_time_rules_are_still_running(e
         sessions=env.db.sessions,
         delivery=env.delivery(),
         clinic=Thresholds(),
-        settings=AlertsSettings(worker_interval_seconds=0.05),
+        settings=AlertsSettings(worker_interval_seconds=0.05, delivery_interval_seconds=0.05),
         clock=held_rules_clock,
     )
     thread = threading.Thread(target=worker.run, daemon=True)
@@ -623,6 +623,42 @@ def test_the_worker_sends_a_queued_text_while_its_time_rules_are_still_running(e
         assert len(env.fake.created) == 1
     finally:
         release.set()
+        worker.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+def test_the_worker_looks_for_texts_at_its_delivery_pace_and_runs_the_time_rules_at_theirs(env: Env) -> None:
+    # The time rules look at every patient, so they run every few seconds; texts are looked for far more
+    # often (the bench once ran both every 50 ms, and the time rules took the CPU the gateway needed).
+    from alerts.thresholds import Thresholds
+    from alerts.worker import Worker
+    from rpmgw.settings import AlertsSettings
+    from tests.helpers import wait_until
+
+    class CountingDelivery(Delivery):
+        rounds = 0
+
+        def run_once(self) -> DeliveryReport:
+            CountingDelivery.rounds += 1
+            return super().run_once()
+
+    counting = CountingDelivery(
+        env.db.sessions, env.notifier, SmsSettings(), clock=env.clock, rng=random.Random(7)
+    )
+    worker = Worker(
+        sessions=env.db.sessions,
+        delivery=counting,
+        clinic=Thresholds(),
+        settings=AlertsSettings(worker_interval_seconds=3600, delivery_interval_seconds=0.02),
+        clock=env.clock,
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: CountingDelivery.rounds >= 5, 30, "five delivery rounds")
+        assert worker.stats.ticks == 1  # the time rules ran once, at the start, and wait an hour now
+    finally:
         worker.stop()
         thread.join(30)
     assert not thread.is_alive()

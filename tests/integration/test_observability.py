@@ -233,6 +233,7 @@ def test_worker_serves_health_and_metrics(sqlite_url: str, tmp_path: Path) -> No
         "RPMGW_DATABASE__URL": sqlite_url,
         "RPMGW_DATA_DIR": str(tmp_path),
         "RPMGW_ALERTS__WORKER_INTERVAL_SECONDS": "0.2",
+        "RPMGW_ALERTS__DELIVERY_INTERVAL_SECONDS": "0.2",
         "RPMGW_ALERTS__WORKER_HEALTH_PORT": str(port),
         "RPMGW_GATEWAY__HEALTH_HOST": "127.0.0.1",
     }
