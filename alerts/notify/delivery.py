@@ -137,12 +137,17 @@ class Delivery:
         self._rng = rng or random.Random()
         self._stages: tuple[Stage, ...] = (self._opt_out, self._quiet_hours, self._rate_limit)
 
-    def run_once(self, limit: int = 100) -> DeliveryReport:
-        """Recover rows left in flight by dead workers, then deliver up to `limit` due rows."""
+    def run_once(self, limit: int = 100, *, critical: bool | None = None) -> DeliveryReport:
+        """Recover rows left in flight by dead workers, then deliver up to `limit` due rows.
+
+        `critical` True or False takes only critical or only routine texts (None: both, critical first):
+        the worker delivers them on separate lanes, so that a critical text never waits behind a run of
+        routine ones (a morning's reminders, each a round trip to the provider).
+        """
         outcomes: Counter[Outcome] = Counter()
-        for outbox_id in self._stale_in_flight(limit):
+        for outbox_id in self._stale_in_flight(limit, critical):
             outcomes[self.recover(outbox_id)] += 1
-        for outbox_id in self._due(limit):
+        for outbox_id in self._due(limit, critical):
             outcomes[self.process(outbox_id)] += 1
         return DeliveryReport(
             sent=outcomes[Outcome.SENT],
@@ -196,31 +201,32 @@ class Delivery:
 
     # -- selection -------------------------------------------------------------------------------
 
-    def _due(self, limit: int) -> list[int]:
+    def _due(self, limit: int, critical: bool | None) -> list[int]:
         now = self._clock()
+        query = select(OutboxMessage.id).where(
+            OutboxMessage.status.in_([s.value for s in DUE_STATUSES]), OutboxMessage.next_attempt_at <= now
+        )
+        if critical is not None:
+            query = query.where(OutboxMessage.critical.is_(critical))
         with self._sessions() as session:
             return list(
                 session.scalars(
-                    select(OutboxMessage.id)
-                    .where(
-                        OutboxMessage.status.in_([s.value for s in DUE_STATUSES]),
-                        OutboxMessage.next_attempt_at <= now,
-                    )
-                    .order_by(OutboxMessage.critical.desc(), OutboxMessage.next_attempt_at, OutboxMessage.id)
-                    .limit(limit)
+                    query.order_by(
+                        OutboxMessage.critical.desc(), OutboxMessage.next_attempt_at, OutboxMessage.id
+                    ).limit(limit)
                 )
             )
 
-    def _stale_in_flight(self, limit: int) -> list[int]:
+    def _stale_in_flight(self, limit: int, critical: bool | None) -> list[int]:
         cutoff = self._clock() - self._in_flight_timeout
+        query = select(OutboxMessage.id).where(
+            OutboxMessage.status == OutboxStatus.IN_FLIGHT, OutboxMessage.claimed_at < cutoff
+        )
+        if critical is not None:
+            query = query.where(OutboxMessage.critical.is_(critical))
         with self._sessions() as session:
             return list(
-                session.scalars(
-                    select(OutboxMessage.id)
-                    .where(OutboxMessage.status == OutboxStatus.IN_FLIGHT, OutboxMessage.claimed_at < cutoff)
-                    .order_by(OutboxMessage.claimed_at, OutboxMessage.id)
-                    .limit(limit)
-                )
+                session.scalars(query.order_by(OutboxMessage.claimed_at, OutboxMessage.id).limit(limit))
             )
 
     def _lock_due(self, session: Session, outbox_id: int, now: datetime) -> OutboxMessage | None:

@@ -639,9 +639,10 @@ def test_the_worker_looks_for_texts_at_its_delivery_pace_and_runs_the_time_rules
     class CountingDelivery(Delivery):
         rounds = 0
 
-        def run_once(self) -> DeliveryReport:
-            CountingDelivery.rounds += 1
-            return super().run_once()
+        def run_once(self, limit: int = 100, *, critical: bool | None = None) -> DeliveryReport:
+            if critical:
+                CountingDelivery.rounds += 1
+            return super().run_once(limit, critical=critical)
 
     counting = CountingDelivery(
         env.db.sessions, env.notifier, SmsSettings(), clock=env.clock, rng=random.Random(7)
@@ -662,3 +663,48 @@ def test_the_worker_looks_for_texts_at_its_delivery_pace_and_runs_the_time_rules
         worker.stop()
         thread.join(30)
     assert not thread.is_alive()
+
+
+def test_a_critical_text_does_not_wait_behind_a_run_of_routine_texts(env: Env) -> None:
+    # At 08:00 a region's reminders, held through quiet hours, all fall due; each is a round trip to the
+    # provider. A critical text queued meanwhile goes out on its own lane, not after them.
+    from alerts.thresholds import Thresholds
+    from alerts.worker import Worker
+    from rpmgw.settings import AlertsSettings
+    from tests.helpers import wait_until
+
+    routine = 30
+    for n in range(routine):
+        env.patient(f"P-{n}", phone=f"+7999000{n:04d}")
+        env.enqueue(
+            f"reminder:{n}",
+            template="reminder_bp",
+            params={},
+            critical=False,
+            purpose="reminder",
+            patient_id=f"P-{n}",
+            phone=f"+7999000{n:04d}",
+        )
+    env.patient("P-urgent", phone="+79995550101")
+    env.fake.fail_next(*(FakeResponse.slow(0.2) for _ in range(routine + 1)))  # 6 s of routine texts
+    worker = Worker(
+        sessions=env.db.sessions,
+        delivery=env.delivery(),
+        clinic=Thresholds(),
+        settings=AlertsSettings(worker_interval_seconds=3600, delivery_interval_seconds=0.05),
+        clock=env.clock,
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: len(env.fake.created) >= 1, 30, "the first routine text to reach the provider")
+        urgent = env.enqueue("alert:1:patient:advice", patient_id="P-urgent", phone="+79995550101")
+        wait_until(lambda: env.row(urgent).status == "sent", 30, "the critical text to be sent")
+        routine_sent = sum(1 for r in env.fake.created if r.form["To"] != "+79995550101")
+        assert routine_sent < routine, "the critical text went out only after every routine one"
+        wait_until(lambda: len(env.fake.created) == routine + 1, 60, "the routine texts to be sent too")
+    finally:
+        worker.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert len({r.form["To"] for r in env.fake.created}) == routine + 1  # each text once
