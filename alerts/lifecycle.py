@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Final, Literal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -123,7 +123,7 @@ def apply(
     if not decisions:
         return tally.result()
     # Locked before the applied set is read: a concurrent apply of the same readings commits first.
-    open_alerts = _lock_open_alerts(session, sorted({d.patient_id for d in decisions}))
+    open_alerts = _lock_open_alerts(session, decisions)
     # A CLEAR for a family with no open alert, and no breach in this batch that could open one, does
     # nothing: that is most decisions under normal load. Only the rest need their patient and applied
     # set loaded (loading every batch patient's row was a third of the gateway's time under live load).
@@ -167,13 +167,34 @@ def _load_patients(session: Session, patient_ids: Sequence[str]) -> dict[str, Pa
     return found
 
 
-def _lock_open_alerts(session: Session, patient_ids: Sequence[str]) -> dict[tuple[str, str], Alert]:
+def _lock_open_alerts(session: Session, decisions: Sequence[Decision]) -> dict[tuple[str, str], Alert]:
+    """The open alerts the decisions can change, locked: of their families, and cleared ones only for
+    patients with a decision that acts on a cleared alert (a breach re-activates it, a remeasure or a
+    confirmation annotates it; a plain CLEAR leaves it as it is).
+
+    Not every open alert of the batch's patients: a region's cleared-but-unacknowledged no-data alerts
+    (a family no reading decides) were loaded and locked in every batch, and the time rules, which
+    hold those locks through their run, made each batch wait for it (bench: alert row p50 0.45 s at
+    2,500 readings/s).
+    """
+    families = sorted({d.family.value for d in decisions})
+    touch_cleared = {
+        d.patient_id for d in decisions if d.kind is not DecisionKind.CLEAR or d.confirmation is not None
+    }
     found: dict[tuple[str, str], Alert] = {}
-    for chunk in _chunks(patient_ids):
+    for chunk in _chunks(sorted({d.patient_id for d in decisions})):
+        cleared_ok = [p for p in chunk if p in touch_cleared]
         # In id order, so that two processes lock overlapping sets in the same order.
         query = (
             select(Alert)
-            .where(Alert.patient_id.in_(chunk), Alert.closed_at.is_(None))
+            .where(
+                Alert.patient_id.in_(chunk),
+                Alert.family.in_(families),
+                Alert.closed_at.is_(None),
+                or_(Alert.cleared_at.is_(None), Alert.patient_id.in_(cleared_ok))
+                if cleared_ok
+                else Alert.cleared_at.is_(None),
+            )
             .order_by(Alert.id)
             .with_for_update()
             .execution_options(populate_existing=True)
