@@ -223,10 +223,10 @@ class BenchEnv:
             have = session.scalar(select(func.count()).select_from(Device).where(Device.id.like("bench-d%")))
         self.enrol_range(min(int(have or 0), devices), devices)
 
-    def enrol_range(self, start: int, stop: int) -> None:
-        """Patients, devices and enrolments for indices start..stop-1 (bulk inserts)."""
+    def enrol_range(self, start: int, stop: int, *, days_ago: float = 400) -> None:
+        """Patients, devices and enrolments for indices start..stop-1 (bulk inserts), enrolled `days_ago`."""
         sessions = session_factory(make_engine(self.db_url))
-        since = datetime.now(UTC) - timedelta(days=400)
+        since = datetime.now(UTC) - timedelta(days=days_ago)
         with sessions.begin() as session:
             for chunk in _chunks(range(start, stop), 5_000):
                 session.execute(
