@@ -7,7 +7,8 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter
-from collections.abc import Iterator, Set
+from collections.abc import Callable, Iterator, Set
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -591,12 +592,44 @@ def test_the_process_entry_point_skips_rows_that_are_not_due(env: Env) -> None:
 # -- the worker process's loops -----------------------------------------------------------------------
 
 
-def test_the_worker_sends_a_queued_text_while_its_time_rules_are_still_running(env: Env) -> None:
-    # The time rules look at every patient and may take a while under load; a critical text the gateway
-    # queued meanwhile must not wait for them. Here the time rules' round is held up on its clock.
+@contextmanager
+def running_worker(
+    env: Env,
+    *,
+    rules_every: float,
+    texts_every: float,
+    delivery: Delivery | None = None,
+    clock: Callable[[], datetime] | None = None,
+    before_stop: Callable[[], object] | None = None,
+) -> Iterator[Any]:
+    """A `Worker` running on its own thread while the body runs; stopped (and seen to stop) after it,
+    `before_stop` first (e.g. to let a held-up round finish)."""
     from alerts.thresholds import Thresholds
     from alerts.worker import Worker
     from rpmgw.settings import AlertsSettings
+
+    worker = Worker(
+        sessions=env.db.sessions,
+        delivery=delivery or env.delivery(),
+        clinic=Thresholds(),
+        settings=AlertsSettings(worker_interval_seconds=rules_every, delivery_interval_seconds=texts_every),
+        clock=clock or env.clock,
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        if before_stop is not None:
+            before_stop()
+        worker.stop()
+        thread.join(30)
+    assert not thread.is_alive(), "the worker did not stop"
+
+
+def test_the_worker_sends_a_queued_text_while_its_time_rules_are_still_running(env: Env) -> None:
+    # The time rules look at every patient and may take a while under load; a critical text the gateway
+    # queued meanwhile must not wait for them. Here the time rules' round is held up on its clock.
     from tests.helpers import wait_until
 
     env.patient()
@@ -607,33 +640,18 @@ def test_the_worker_sends_a_queued_text_while_its_time_rules_are_still_running(e
         release.wait(60)
         return env.clock()
 
-    worker = Worker(
-        sessions=env.db.sessions,
-        delivery=env.delivery(),
-        clinic=Thresholds(),
-        settings=AlertsSettings(worker_interval_seconds=0.05, delivery_interval_seconds=0.05),
-        clock=held_rules_clock,
-    )
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
+    with running_worker(
+        env, rules_every=0.05, texts_every=0.05, clock=held_rules_clock, before_stop=release.set
+    ):
         assert rules_running.wait(30), "the worker never started its time rules"
         row = env.enqueue("alert:9:patient:advice")
         wait_until(lambda: env.row(row).status == "sent", 30, "the text to be sent while the time rules run")
         assert len(env.fake.created) == 1
-    finally:
-        release.set()
-        worker.stop()
-        thread.join(30)
-    assert not thread.is_alive()
 
 
 def test_the_worker_looks_for_texts_at_its_delivery_pace_and_runs_the_time_rules_at_theirs(env: Env) -> None:
     # The time rules look at every patient, so they run every few seconds; texts are looked for far more
     # often (the bench once ran both every 50 ms, and the time rules took the CPU the gateway needed).
-    from alerts.thresholds import Thresholds
-    from alerts.worker import Worker
-    from rpmgw.settings import AlertsSettings
     from tests.helpers import wait_until
 
     class CountingDelivery(Delivery):
@@ -647,30 +665,14 @@ def test_the_worker_looks_for_texts_at_its_delivery_pace_and_runs_the_time_rules
     counting = CountingDelivery(
         env.db.sessions, env.notifier, SmsSettings(), clock=env.clock, rng=random.Random(7)
     )
-    worker = Worker(
-        sessions=env.db.sessions,
-        delivery=counting,
-        clinic=Thresholds(),
-        settings=AlertsSettings(worker_interval_seconds=3600, delivery_interval_seconds=0.02),
-        clock=env.clock,
-    )
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
+    with running_worker(env, rules_every=3600, texts_every=0.02, delivery=counting) as worker:
         wait_until(lambda: CountingDelivery.rounds >= 5, 30, "five delivery rounds")
         assert worker.stats.ticks == 1  # the time rules ran once, at the start, and wait an hour now
-    finally:
-        worker.stop()
-        thread.join(30)
-    assert not thread.is_alive()
 
 
 def test_a_critical_text_does_not_wait_behind_a_run_of_routine_texts(env: Env) -> None:
     # At 08:00 a region's reminders, held through quiet hours, all fall due; each is a round trip to the
     # provider. A critical text queued meanwhile goes out on its own lane, not after them.
-    from alerts.thresholds import Thresholds
-    from alerts.worker import Worker
-    from rpmgw.settings import AlertsSettings
     from tests.helpers import wait_until
 
     routine = 30
@@ -687,24 +689,11 @@ def test_a_critical_text_does_not_wait_behind_a_run_of_routine_texts(env: Env) -
         )
     env.patient("P-urgent", phone="+79995550101")
     env.fake.fail_next(*(FakeResponse.slow(0.2) for _ in range(routine + 1)))  # 6 s of routine texts
-    worker = Worker(
-        sessions=env.db.sessions,
-        delivery=env.delivery(),
-        clinic=Thresholds(),
-        settings=AlertsSettings(worker_interval_seconds=3600, delivery_interval_seconds=0.05),
-        clock=env.clock,
-    )
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
+    with running_worker(env, rules_every=3600, texts_every=0.05):
         wait_until(lambda: len(env.fake.created) >= 1, 30, "the first routine text to reach the provider")
         urgent = env.enqueue("alert:1:patient:advice", patient_id="P-urgent", phone="+79995550101")
         wait_until(lambda: env.row(urgent).status == "sent", 30, "the critical text to be sent")
         routine_sent = sum(1 for r in env.fake.created if r.form["To"] != "+79995550101")
         assert routine_sent < routine, "the critical text went out only after every routine one"
         wait_until(lambda: len(env.fake.created) == routine + 1, 60, "the routine texts to be sent too")
-    finally:
-        worker.stop()
-        thread.join(30)
-    assert not thread.is_alive()
     assert len({r.form["To"] for r in env.fake.created}) == routine + 1  # each text once
