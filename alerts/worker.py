@@ -77,15 +77,26 @@ class Worker:
         (database down) is logged and tried again next time.
         """
         every = self._settings.delivery_interval_seconds
+        failures: list[BaseException] = []
+
+        def guarded(round_: Callable[[], None], interval: float) -> None:
+            # A loop that dies stops the whole worker (and so its process, for the supervisor to
+            # restart): a worker quietly running without its time rules or its routine texts is worse.
+            try:
+                self._loop(round_, interval)
+            except BaseException as exc:
+                failures.append(exc)
+                self._stop.set()
+
         others = [
             threading.Thread(
-                target=self._loop,
+                target=guarded,
                 args=(self._rules_round, self._settings.worker_interval_seconds),
                 name="time-rules",
                 daemon=True,
             ),
             threading.Thread(
-                target=self._loop,
+                target=guarded,
                 args=(partial(self._delivery_round, False), every),
                 name="routine-texts",
                 daemon=True,
@@ -99,6 +110,8 @@ class Worker:
             self._stop.set()
             for thread in others:
                 thread.join(60)
+        if failures:
+            raise RuntimeError(f"a worker loop failed: {failures[0]!r}") from failures[0]
 
     def _loop(self, round_: Callable[[], None], interval: float) -> None:
         while not self._stop.is_set():

@@ -697,3 +697,40 @@ def test_a_critical_text_does_not_wait_behind_a_run_of_routine_texts(env: Env) -
         assert routine_sent < routine, "the critical text went out only after every routine one"
         wait_until(lambda: len(env.fake.created) == routine + 1, 60, "the routine texts to be sent too")
     assert len({r.form["To"] for r in env.fake.created}) == routine + 1  # each text once
+
+
+def test_the_worker_stops_with_an_error_when_one_of_its_loops_dies(env: Env) -> None:
+    # A worker quietly running without its routine texts (or its time rules) would leave reminders
+    # unsent with nobody told; it stops instead, and its supervisor restarts it.
+    from alerts.thresholds import Thresholds
+    from alerts.worker import Worker
+    from rpmgw.settings import AlertsSettings
+
+    class BrokenRoutineLane(Delivery):
+        def run_once(self, limit: int = 100, *, critical: bool | None = None) -> DeliveryReport:
+            if critical is False:
+                raise ValueError("routine lane broke")
+            return super().run_once(limit, critical=critical)
+
+    worker = Worker(
+        sessions=env.db.sessions,
+        delivery=BrokenRoutineLane(
+            env.db.sessions, env.notifier, SmsSettings(), clock=env.clock, rng=random.Random(7)
+        ),
+        clinic=Thresholds(),
+        settings=AlertsSettings(worker_interval_seconds=3600, delivery_interval_seconds=0.05),
+        clock=env.clock,
+    )
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "the worker went on without its routine lane"
+    assert len(raised) == 1 and "routine lane broke" in str(raised[0])
