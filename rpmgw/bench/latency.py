@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-from sqlalchemy import Connection, distinct, func, select
+from sqlalchemy import Engine, bindparam, distinct, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from alerts.model import RuleId
@@ -143,7 +143,7 @@ def alert_latency(env: BenchEnv, *, probes: int, background_rate: int) -> Figure
     }
     engine = make_engine(env.db_url)
     sessions = session_factory(engine)
-    poller = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    has_alert, close_probe = _alert_probe(engine)
     load = BackgroundLoad(env, background_rate)
     to_alert: list[float] = []
     to_sms: list[float] = []
@@ -170,7 +170,7 @@ def alert_latency(env: BenchEnv, *, probes: int, background_rate: int) -> Figure
             payload = bp_payload(device, datetime.now(UTC), systolic=205, diastolic=125)
             started = time.monotonic()
             client.publish(READINGS_TOPIC.format(device=device), payload, qos=1)
-            alert_at = _poll(partial(_has_alert, poller, patient), PROBE_TIMEOUT)
+            alert_at = _poll(partial(has_alert, patient), PROBE_TIMEOUT)
             if alert_at is None:
                 missed += 1  # the gateway fell behind the load: counted, not timed
                 continue
@@ -190,7 +190,7 @@ def alert_latency(env: BenchEnv, *, probes: int, background_rate: int) -> Figure
         if worker is not None:
             worker.stop()
         sink.stop()
-        poller.close()
+        close_probe()
         engine.dispose()
     return {
         "background_rate": background_rate,
@@ -211,16 +211,31 @@ def _all_active(sessions: sessionmaker[Session], patients: int) -> bool:
         return (session.scalar(select(func.count(distinct(PatientActivity.patient_id)))) or 0) >= patients
 
 
-def _has_alert(connection: Connection, patient: str) -> float | None:
-    """Now (monotonic) when the patient has a severe-BP alert row (not e.g. a no-data one), else None.
+def _alert_probe(engine: Engine) -> tuple[Callable[[str], float | None], Callable[[], None]]:
+    """(has_alert, close): `has_alert(patient)` is now (monotonic) when the patient has a severe-BP alert
+    row (not e.g. a no-data one), else None.
 
-    On one autocommit connection, without the ORM: asked every 2 ms, an ORM session per poll took a
-    fifth of the bench process, on the cores the gateway is measured on.
+    On one plain DB-API connection, without the ORM or a SQLAlchemy transaction: asked every 2 ms, an
+    ORM session per poll took a fifth of the bench process, and on SQLite a SQLAlchemy transaction
+    takes the write lock (BEGIN IMMEDIATE, rpmgw.db), which the gateway then waited for.
     """
-    found = connection.execute(
-        select(Alert.id).where(Alert.patient_id == patient, Alert.rule == RuleId.SEVERE_BP.value).limit(1)
-    ).first()
-    return time.monotonic() if found is not None else None
+    query = select(Alert.id).where(Alert.rule == RuleId.SEVERE_BP.value, Alert.patient_id == bindparam("p"))
+    compiled = query.limit(1).compile(dialect=engine.dialect)
+    connection = engine.raw_connection()
+
+    def has_alert(patient: str) -> float | None:
+        params = compiled.construct_params({"p": patient})
+        positional = [params[name] for name in compiled.positiontup or ()]
+        cursor = connection.cursor()
+        try:
+            cursor.execute(compiled.string, positional if compiled.positional else params)
+            found = cursor.fetchone()
+        finally:
+            cursor.close()
+            connection.rollback()  # no transaction stays open between polls
+        return time.monotonic() if found is not None else None
+
+    return has_alert, connection.close
 
 
 def _poll(probe: Callable[[], float | None], timeout: float) -> float | None:

@@ -89,3 +89,20 @@ def test_bench_ramp_runs_two_short_steps_and_loses_nothing(tmp_path: Path) -> No
     assert (ramp["lost"], ramp["doubled"], ramp["quarantined"]) == (0, 0, 0)
     assert "| live ingest, 1 gateway: highest sustained rate |" in stdout
     assert "| ramp step 100/s |" in stdout
+
+
+def test_bench_alert_latency_times_probes_under_a_small_load(tmp_path: Path) -> None:
+    results, stdout = _bench(
+        tmp_path, "--devices", "40", "--parts", "alerts", "--background-rate", "100", "--alert-probes", "3"
+    )
+    latency = results["alert_latency"]
+    assert latency["background_rate"] == 100
+    assert latency["background_published"] > 0
+    # Whether a probe comes within the timeout depends on the machine: timed or counted missing.
+    assert latency["alert_row"]["n"] + latency["alert_missing"] == 3
+    assert latency["sms_request"]["n"] + latency["sms_missing"] == 3
+    assert latency["alert_row"]["n"] > 0, "no probe reached its alert row at 100 readings/s"
+    for timed in ("alert_row", "sms_request"):
+        if latency[timed]["n"]:
+            assert 0 < latency[timed]["p50_ms"] <= latency[timed]["p95_ms"] <= latency[timed]["p99_ms"]
+    assert "| alert latency to alert row |" in stdout
