@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from alerts.model import RuleId
 from alerts.tables import Alert, PatientActivity
+from rpmgw.bench.errors import BenchError
 from rpmgw.bench.harness import (
     READINGS_TOPIC,
     BenchEnv,
@@ -28,6 +29,7 @@ from rpmgw.bench.harness import (
     patient_id,
     wait_for,
 )
+from rpmgw.bench.rawpub import RawPublisher
 from rpmgw.bench.smssink import SmsSink
 from rpmgw.db import make_engine, session_factory
 from rpmgw.servers import free_port
@@ -56,9 +58,11 @@ def percentiles(values_ms: list[float]) -> dict[str, float | int]:
 class BackgroundLoad:
     """Publishes normal readings from the bench's devices at `rate` per second until stopped.
 
-    `published` counts messages handed to paho, `acknowledged` their PUBACKs. At most `window` are
-    unacknowledged at a time: a broker that cannot keep up slows the publisher down (it shows in the
-    achieved rate) instead of growing paho's queue. `set_rate` changes the rate while it runs; a
+    `published` counts messages sent to the broker, `acknowledged` their PUBACKs (through
+    `rpmgw.bench.rawpub`, not paho: paho's own cost per message took most of a core of the machine the
+    gateway is measured on). At most `window` are unacknowledged at a time: a broker that cannot keep up
+    slows the publisher down (it shows in the achieved rate) instead of queueing without bound. A failed
+    connection fails the bench when the load is stopped. `set_rate` changes the rate while it runs; a
     publisher that falls behind its rate publishes flat out until it has caught up.
     """
 
@@ -70,8 +74,8 @@ class BackgroundLoad:
         self._rebase = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-load", daemon=True)
-        self.published = 0
-        self.acknowledged = 0
+        self._publisher: RawPublisher | None = None
+        self._error: BaseException | None = None
 
     def start(self) -> BackgroundLoad:
         """Start publishing."""
@@ -88,41 +92,60 @@ class BackgroundLoad:
         self._stop.set()
         if self._thread.ident is not None:  # started
             self._thread.join(timeout)
+        if self._error is not None:
+            raise BenchError(f"the background load failed: {self._error!r}") from self._error
 
-    def _on_publish(self, *args: object) -> None:
-        self.acknowledged += 1  # paho's network thread is the only writer
+    @property
+    def published(self) -> int:
+        """Messages sent to the broker."""
+        return 0 if self._publisher is None else self._publisher.published
+
+    @property
+    def acknowledged(self) -> int:
+        """PUBACKs received for them."""
+        return 0 if self._publisher is None else self._publisher.acknowledged
 
     def _run(self) -> None:
-        client = self._env.mqtt_client(f"bench-load-{uuid.uuid4().hex[:6]}")
-        # Our window bounds what is in flight. paho's own limit (0: none) would make it walk every
-        # message in flight on each PUBACK: a third of the bench process at 5,000 readings/s (profiled).
-        client.max_inflight_messages_set(0)
-        client.on_publish = self._on_publish
-        client.connect(self._env.broker.host, self._env.broker.port)
-        client.loop_start()
+        try:
+            self._publish_until_stopped()
+        except BaseException as exc:  # reported by stop()
+            self._error = exc
+
+    def _publish_until_stopped(self) -> None:
+        env = self._env
+        publisher = self._publisher = RawPublisher(
+            env.broker.host,
+            env.broker.port,
+            f"bench-load-{uuid.uuid4().hex[:6]}",
+            env.broker_credentials("publisher"),
+        )
         tick = 0.01
         since, base = time.monotonic(), 0
         try:
             while not self._stop.is_set():
                 if self._rebase.is_set():
                     self._rebase.clear()
-                    since, base = time.monotonic(), self.published
+                    since, base = time.monotonic(), publisher.published
                 due = base + int(self._rate * (time.monotonic() - since))
-                room = self._window - (self.published - self.acknowledged)
+                room = self._window - (publisher.published - publisher.acknowledged)
                 now = datetime.now(UTC)
-                for _ in range(max(0, min(due - self.published, room))):
-                    device = device_id(self._index % self._env.devices)
-                    payload = bp_payload(device, now - timedelta(seconds=30))
-                    client.publish(READINGS_TOPIC.format(device=device), payload, qos=1)
+                messages = []
+                for _ in range(max(0, min(due - publisher.published, room))):
+                    device = device_id(self._index % env.devices)
+                    messages.append(
+                        (
+                            READINGS_TOPIC.format(device=device),
+                            bp_payload(device, now - timedelta(seconds=30)),
+                        )
+                    )
                     self._index += 1
-                    self.published += 1
+                publisher.publish_many(messages)
                 self._stop.wait(tick)
             deadline = time.monotonic() + 30
-            while self.acknowledged < self.published and time.monotonic() < deadline:
+            while publisher.acknowledged < publisher.published and time.monotonic() < deadline:
                 time.sleep(0.01)
         finally:
-            client.disconnect()
-            client.loop_stop()
+            publisher.close()
 
 
 def alert_latency(env: BenchEnv, *, probes: int, background_rate: int) -> Figures:
