@@ -68,6 +68,13 @@ PARTS = ("limits", "drain", "scaleout", "ramp", "alerts", "web")
 )
 @click.option("--alert-probes", default=60, show_default=True, help="Critical readings timed in 'alerts'.")
 @click.option("--background-rate", default=5_000, show_default=True, help="Readings/s of load in 'alerts'.")
+@click.option(
+    "--alert-gateways",
+    type=click.IntRange(min=1, max=8),
+    default=1,
+    show_default=True,
+    help="Gateway processes in 'alerts' (more than one share the load through $share).",
+)
 @click.option("--inbox-alerts", default=10_000, show_default=True, help="Alerts in the inbox in 'web'.")
 @click.option("--web-requests", default=50, show_default=True, help="Requests per page timed in 'web'.")
 def bench(
@@ -85,6 +92,7 @@ def bench(
     ramp_publishers: int,
     alert_probes: int,
     background_rate: int,
+    alert_gateways: int,
     inbox_alerts: int,
     web_requests: int,
 ) -> None:
@@ -123,6 +131,7 @@ def bench(
             "devices": devices,
             "parts": wanted,
             "background_rate": background_rate,
+            "alert_gateways": alert_gateways,
             "inbox_alerts": inbox_alerts,
             "ramp_rates": ramp_steps,
         },
@@ -149,9 +158,12 @@ def bench(
             results["ramp"] = live_ramp(env, ramp)
             _save(json_path, results)
         if "alerts" in wanted:
-            click.echo(f"bench: alert latency under {background_rate:,} readings/s", err=True)
+            click.echo(
+                f"bench: alert latency under {background_rate:,} readings/s, {alert_gateways} gateway(s)",
+                err=True,
+            )
             results["alert_latency"] = alert_latency(
-                env, probes=alert_probes, background_rate=background_rate
+                env, probes=alert_probes, background_rate=background_rate, gateways=alert_gateways
             )
             _save(json_path, results)
         if "web" in wanted:

@@ -30,6 +30,7 @@ from rpmgw.bench.harness import (
     wait_for,
 )
 from rpmgw.bench.rawpub import RawPublisher
+from rpmgw.bench.scenarios import SHARED_TOPIC
 from rpmgw.bench.smssink import SmsSink
 from rpmgw.db import make_engine, session_factory
 from rpmgw.servers import free_port
@@ -148,15 +149,28 @@ class BackgroundLoad:
             publisher.close()
 
 
-def alert_latency(env: BenchEnv, *, probes: int, background_rate: int) -> Figures:
-    """p50/p95/p99 from publishing a critical reading to its alert row and to its SMS request."""
+def alert_latency(env: BenchEnv, *, probes: int, background_rate: int, gateways: int = 1) -> Figures:
+    """p50/p95/p99 from publishing a critical reading to its alert row and to its SMS request.
+
+    With `gateways` > 1 the gateway processes share the load through a shared subscription, as a site
+    runs them when one cannot keep up.
+    """
     first_probe = env.devices + 1_000_000  # probe patients live beyond the load's devices
     # Enrolled just now: no day without readings is behind them, so no reminder is due.
     env.enrol_range(first_probe, first_probe + probes, days_ago=0)
     sink = SmsSink().start()
     database = f"bench_{uuid.uuid4().hex[:10]}"
-    gateway_env = env.gateway_env(database=database, client_id=f"bench-lat-{uuid.uuid4().hex[:6]}")
-    gateway_env["RPMGW_GATEWAY__BATCH_MAX_WAIT"] = BATCH_MAX_WAIT
+    run_id = uuid.uuid4().hex[:6]
+    gateway_envs = [
+        env.gateway_env(
+            database=database,
+            client_id=f"bench-lat-{run_id}-{n}",
+            topic=SHARED_TOPIC if gateways > 1 else None,
+        )
+        | {"RPMGW_GATEWAY__BATCH_MAX_WAIT": BATCH_MAX_WAIT}
+        for n in range(gateways)
+    ]
+    gateway_env = gateway_envs[0]
     worker_port = free_port()
     worker_env = {
         **gateway_env,
@@ -172,10 +186,13 @@ def alert_latency(env: BenchEnv, *, probes: int, background_rate: int) -> Figure
     to_sms: list[float] = []
     missed = 0
     client = env.mqtt_client(f"bench-probe-{uuid.uuid4().hex[:6]}")
-    gateway = env.start_rpmgw(["gateway"], gateway_env, "latency-gateway")
+    started_gateways = [
+        env.start_rpmgw(["gateway"], gateway_envs[n], f"latency-gateway-{n}") for n in range(gateways)
+    ]
     worker: RpmgwProcess | None = None
     try:
-        wait_for(gateway.ready, 60, "the latency gateway")
+        for gateway in started_gateways:
+            wait_for(gateway.ready, 60, "the latency gateway")
         load.start()
         # The steady state being measured: the load's patients are measuring, so the worker's first run
         # owes them no reminder. (Enrolled 400 days ago with nothing recorded, each was owed a reminder and
@@ -202,14 +219,16 @@ def alert_latency(env: BenchEnv, *, probes: int, background_rate: int) -> Figure
             sms_at = _poll(partial(sink.first_arrival, phone, started), PROBE_TIMEOUT)
             if sms_at is not None:
                 to_sms.append((sms_at - started) * 1000)
-            gateway.check_alive()
+            for gateway in started_gateways:
+                gateway.check_alive()
             time.sleep(0.1)
         published = load.published
     finally:
         load.stop()
         client.disconnect()
         client.loop_stop()
-        gateway.stop()
+        for gateway in started_gateways:
+            gateway.stop()
         if worker is not None:
             worker.stop()
         sink.stop()
@@ -217,6 +236,7 @@ def alert_latency(env: BenchEnv, *, probes: int, background_rate: int) -> Figure
         engine.dispose()
     return {
         "background_rate": background_rate,
+        "gateways": gateways,
         "background_published": published,
         "batch_max_wait_s": float(BATCH_MAX_WAIT),
         "delivery_interval_s": float(DELIVERY_INTERVAL),

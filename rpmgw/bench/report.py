@@ -48,7 +48,8 @@ def render_table(results: Mapping[str, object]) -> str:
                         f"alert latency to {target.replace('_', ' ')}",
                         f"p50 {figures['p50_ms']} ms, p95 {figures['p95_ms']} ms, p99 {figures['p99_ms']} ms",
                         f"{figures['n']} timed, {latency.get(target.split('_')[0] + '_missing', 0)} missing; "
-                        f"{latency['background_rate']:,} readings/s background",
+                        f"{latency['background_rate']:,} readings/s background, "
+                        f"{latency.get('gateways', 1)} gateway(s)",
                     )
                 )
     web = results.get("web")

@@ -91,12 +91,22 @@ def test_bench_ramp_runs_two_short_steps_and_loses_nothing(tmp_path: Path) -> No
     assert "| ramp step 100/s |" in stdout
 
 
-def test_bench_alert_latency_times_probes_under_a_small_load(tmp_path: Path) -> None:
+def test_bench_alert_latency_times_probes_under_a_small_load_with_two_gateways(tmp_path: Path) -> None:
     results, stdout = _bench(
-        tmp_path, "--devices", "40", "--parts", "alerts", "--background-rate", "100", "--alert-probes", "3"
+        tmp_path,
+        "--devices",
+        "40",
+        "--parts",
+        "alerts",
+        "--background-rate",
+        "100",
+        "--alert-probes",
+        "3",
+        "--alert-gateways",
+        "2",
     )
     latency = results["alert_latency"]
-    assert latency["background_rate"] == 100
+    assert (latency["background_rate"], latency["gateways"]) == (100, 2)
     assert latency["background_published"] > 0
     # Whether a probe comes within the timeout depends on the machine: timed or counted missing.
     assert latency["alert_row"]["n"] + latency["alert_missing"] == 3
