@@ -191,9 +191,7 @@ def _lock_open_alerts(session: Session, decisions: Sequence[Decision]) -> dict[t
                 Alert.patient_id.in_(chunk),
                 Alert.family.in_(families),
                 Alert.closed_at.is_(None),
-                or_(Alert.cleared_at.is_(None), Alert.patient_id.in_(cleared_ok))
-                if cleared_ok
-                else Alert.cleared_at.is_(None),
+                or_(Alert.cleared_at.is_(None), Alert.patient_id.in_(cleared_ok)),
             )
             .order_by(Alert.id)
             .with_for_update()

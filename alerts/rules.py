@@ -121,7 +121,7 @@ class Series:
         for column in (self._keys, self.readings, self.times, self.systolic, self.diastolic):
             del column[at]
         for (severe_sbp, severe_dbp), severe in self._severe.items():
-            if (old.systolic or 0) >= severe_sbp or (old.diastolic or 0) >= severe_dbp:
+            if _at_or_above(old.systolic or 0, old.diastolic or 0, severe_sbp, severe_dbp):
                 del severe[bisect_left(severe, key)]
 
     def drop_before(self, since: datetime) -> None:
@@ -144,7 +144,7 @@ class Series:
         self.systolic.insert(at, reading.systolic or 0)
         self.diastolic.insert(at, reading.diastolic or 0)
         for (severe_sbp, severe_dbp), severe in self._severe.items():
-            if (reading.systolic or 0) >= severe_sbp or (reading.diastolic or 0) >= severe_dbp:
+            if _at_or_above(reading.systolic or 0, reading.diastolic or 0, severe_sbp, severe_dbp):
                 insort(severe, (reading.measured_at, reading.msg_id))
 
     def severe_keys(self, severe_sbp: int, severe_dbp: int) -> list[tuple[datetime, str]]:
@@ -156,7 +156,7 @@ class Series:
             severe = self._severe[severe_sbp, severe_dbp] = [
                 key
                 for key, systolic, diastolic in zip(self._keys, self.systolic, self.diastolic, strict=True)
-                if systolic >= severe_sbp or diastolic >= severe_dbp
+                if _at_or_above(systolic, diastolic, severe_sbp, severe_dbp)
             ]
         return severe
 
@@ -173,6 +173,11 @@ class Series:
             else:
                 newer -= 1
         return _Window(reading, self, end, own, newer > 0)
+
+
+def _at_or_above(systolic: int, diastolic: int, sbp: int, dbp: int) -> bool:
+    """Whether a pressure reaches either threshold (what makes a reading severe, with the severe pair)."""
+    return systolic >= sbp or diastolic >= dbp
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from enum import StrEnum
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import CursorResult, func, or_, select, update
+from sqlalchemy import CursorResult, Select, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from alerts.notify.errors import NotifierError
@@ -203,11 +203,13 @@ class Delivery:
 
     def _due(self, limit: int, critical: bool | None) -> list[int]:
         now = self._clock()
-        query = select(OutboxMessage.id).where(
-            OutboxMessage.status.in_([s.value for s in DUE_STATUSES]), OutboxMessage.next_attempt_at <= now
+        query = _lane(
+            select(OutboxMessage.id).where(
+                OutboxMessage.status.in_([s.value for s in DUE_STATUSES]),
+                OutboxMessage.next_attempt_at <= now,
+            ),
+            critical,
         )
-        if critical is not None:
-            query = query.where(OutboxMessage.critical.is_(critical))
         with self._sessions() as session:
             return list(
                 session.scalars(
@@ -219,11 +221,12 @@ class Delivery:
 
     def _stale_in_flight(self, limit: int, critical: bool | None) -> list[int]:
         cutoff = self._clock() - self._in_flight_timeout
-        query = select(OutboxMessage.id).where(
-            OutboxMessage.status == OutboxStatus.IN_FLIGHT, OutboxMessage.claimed_at < cutoff
+        query = _lane(
+            select(OutboxMessage.id).where(
+                OutboxMessage.status == OutboxStatus.IN_FLIGHT, OutboxMessage.claimed_at < cutoff
+            ),
+            critical,
         )
-        if critical is not None:
-            query = query.where(OutboxMessage.critical.is_(critical))
         with self._sessions() as session:
             return list(
                 session.scalars(query.order_by(OutboxMessage.claimed_at, OutboxMessage.id).limit(limit))
@@ -502,3 +505,8 @@ class Delivery:
             )
             return None
         return row
+
+
+def _lane(query: Select[tuple[int]], critical: bool | None) -> Select[tuple[int]]:
+    """`query` narrowed to critical (True) or routine (False) texts; None leaves it as it is."""
+    return query if critical is None else query.where(OutboxMessage.critical.is_(critical))
