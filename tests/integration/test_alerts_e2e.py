@@ -225,6 +225,8 @@ def test_provider_failures_are_retried_and_the_alert_stays_in_the_inbox(clinic: 
             60,
             "both texts after the 429 and the 500",
         )
+        # The provider has a text before the worker records it as sent: wait for the outbox to settle.
+        wait_until(lambda: clinic.unsettled() == 0, 30, "the outbox to settle")
         assert len(clinic.twilio.created) == 4, "two failed attempts, then one send per text"
         assert len(clinic.texts_to(PATIENT_PHONE)) == 1 and len(clinic.texts_to(DOCTOR_PHONE)) == 1
         with clinic.sessions() as session:
