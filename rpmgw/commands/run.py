@@ -16,6 +16,7 @@ from types import FrameType
 import click
 
 from gateway.health import Check, HealthServer
+from rpmgw import heap
 from rpmgw.cli import SettingsContext, pass_settings
 from rpmgw.settings import Settings
 
@@ -119,6 +120,7 @@ def gateway(ctx: SettingsContext) -> None:
         raise
     _stop_when_set(stop, service.stop)
     _start_health(settings.gateway.health_host, settings.gateway.health_port, service.checks)
+    heap.settle()
     log.info(
         "gateway up: broker %s:%s topic %s, store %s",
         settings.mqtt.host,
@@ -206,6 +208,7 @@ def worker(ctx: SettingsContext) -> None:
         settings.alerts.delivery_interval_seconds,
         settings.sms.backend,
     )
+    heap.settle()
     service.run()
 
 
@@ -220,7 +223,9 @@ def web(ctx: SettingsContext) -> None:
     settings = ctx.settings
     configure_logging(settings)
     log.info("web on http://%s:%s/", settings.web.host, settings.web.port)
-    waitress.serve(create_app(settings), host=settings.web.host, port=settings.web.port, threads=8)
+    app = create_app(settings)
+    heap.settle()
+    waitress.serve(app, host=settings.web.host, port=settings.web.port, threads=8)
 
 
 def register(cli: click.Group) -> None:
