@@ -297,7 +297,7 @@ def _evaluate(
             _bp_high(t, window)
             if not breach_only or _is_high(t, reading) or _is_severe(t, reading)
             else None,
-            _uncontrolled_bp(t, window),
+            _uncontrolled_bp(t, window, clears=not breach_only),
             _low_bp(t, reading) if not breach_only or _is_low(t, reading) else None,
             _pulse(t, reading) if not breach_only or _pulse_abnormal(t, reading) else None,
         ]
@@ -485,7 +485,9 @@ def _repeat_of_pending(t: Thresholds, window: _Window) -> Confirmation | None:
     return Confirmation.NOT_CONFIRMED
 
 
-def _uncontrolled_bp(t: Thresholds, window: _Window) -> _Finding | None:
+def _uncontrolled_bp(t: Thresholds, window: _Window, *, clears: bool = True) -> _Finding | None:
+    """The mean of the window; with `clears` False only a breach is reported (its texts are not made
+    otherwise: formatting them for every reading of a backlog was most of this rule's cost)."""
     reading = window.reading
     if reading.suspect:
         return None
@@ -496,11 +498,13 @@ def _uncontrolled_bp(t: Thresholds, window: _Window) -> _Finding | None:
         return None
     mean_sbp = systolic_sum / count
     mean_dbp = diastolic_sum / count
+    breach = mean_sbp >= t.uncontrolled_sbp or mean_dbp >= t.uncontrolled_dbp
+    if not breach and not clears:
+        return None
     # Floor, not round: the text then stays on the same side of the (integer) thresholds as the mean.
     text = f"mean {math.floor(mean_sbp)}/{math.floor(mean_dbp)} mmHg over {count} readings"
     key = 100 * max(mean_sbp / t.uncontrolled_sbp, mean_dbp / t.uncontrolled_dbp)
     detail = f"{t.uncontrolled_days}-day mean; threshold {t.uncontrolled_sbp}/{t.uncontrolled_dbp} mmHg"
-    breach = mean_sbp >= t.uncontrolled_sbp or mean_dbp >= t.uncontrolled_dbp
     return _Finding("breach" if breach else "clear", RuleId.UNCONTROLLED_BP, text, key, None, detail)
 
 

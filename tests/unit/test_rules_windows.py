@@ -500,12 +500,12 @@ _ODD = Thresholds(hypo_l1_mmol=4.5, hypo_l2_mmol=3.5, pulse_routine_low=55, puls
 
 
 @st.composite
-def _any_views(draw: st.DrawFn) -> ReadingView:
-    kind: ReadingType = draw(st.sampled_from(["blood_pressure", "glucose"]))
+def _any_views(draw: st.DrawFn, kinds: Sequence[ReadingType] = ("blood_pressure", "glucose")) -> ReadingView:
+    kind: ReadingType = draw(st.sampled_from(kinds))
     marks: list[Literal["LO", "HI"] | None] = [None, None, None, "LO", "HI"]
     censored = draw(st.sampled_from(marks)) if kind == "glucose" else None
     return ReadingView(
-        msg_id=f"a{draw(st.integers(0, 15))}",
+        msg_id=f"a{draw(st.integers(0, 60))}",
         device_id="dev",
         type=kind,
         measured_at=NOW - timedelta(minutes=draw(_CONFIRM_MINUTES | _MINUTES)),
@@ -529,11 +529,12 @@ def _any_views(draw: st.DrawFn) -> ReadingView:
 
 
 @given(
-    history=st.lists(_any_views(), max_size=30),
+    history=st.lists(_any_views(), max_size=30)
+    | st.lists(_any_views(["blood_pressure"]), min_size=12, max_size=40),
     reading=_any_views(),
     thresholds=st.sampled_from([DEFAULTS, _ODD]),
 )
-@settings(max_examples=1_500, deadline=None)
+@settings(max_examples=1_000, deadline=None)
 def test_skipping_rules_that_can_only_clear_decides_what_running_every_rule_decides(
     history: list[ReadingView], reading: ReadingView, thresholds: Thresholds
 ) -> None:
