@@ -1,8 +1,10 @@
-"""Rule evaluation for a stored batch: history -> pure rules -> lifecycle, in one database transaction.
+"""Rule evaluation for a stored batch: history -> pure rules -> lifecycle.
 
-The gateway calls `AlertEngine.evaluate` after the batch is in InfluxDB and before it acknowledges the
-MQTT messages, so a crash re-evaluates rather than forgets; re-evaluating a reading is a no-op in the
-lifecycle (it keys on msg_id) and in the outbox (idempotency keys).
+`prepare` reads (history cache, thresholds) and decides; `commit` applies the decisions and records the
+batch's activity in one database transaction. The gateway prepares while the batch is being written to
+InfluxDB and commits once it is there, before it acknowledges the MQTT messages, so a crash re-evaluates
+rather than forgets; re-evaluating a reading is a no-op in the lifecycle (it keys on msg_id) and in the
+outbox (idempotency keys). `evaluate` is both in one call.
 """
 
 from __future__ import annotations
@@ -38,6 +40,16 @@ class AlertStoreUnavailable(GatewayError):
 
 
 @dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A batch's decisions, made but not applied (`AlertEngine.prepare`)."""
+
+    batch: Sequence[StoredReading]
+    now: datetime
+    decisions: list[Decision]
+    threshold_versions: dict[str, str]  # patient -> label of the thresholds the decisions used
+
+
+@dataclass(frozen=True, slots=True)
 class EngineResult:
     """What one batch's evaluation decided and did."""
 
@@ -68,19 +80,39 @@ class AlertEngine:
 
     def evaluate(self, batch: Sequence[StoredReading]) -> EngineResult:
         """Evaluate every reading of the batch (per patient, oldest first) and apply the decisions."""
+        return self.commit(self.prepare(batch))
+
+    def prepare(self, batch: Sequence[StoredReading]) -> PreparedBatch:
+        """The rules' decisions for the batch, nothing written: the gateway runs this while the batch is
+        being stored, and `commit`s it once the store has taken it.
+
+        The batch's readings join the history cache here; if the store then refuses some of them, call
+        `forget` before preparing the rest again.
+        """
         now = self._clock()
         history = self._history.for_batch(batch, now)
         by_patient: dict[str, list[tuple[StoredReading, ReadingView]]] = defaultdict(list)
         for stored, view in zip(batch, history.views, strict=True):
             by_patient[stored.patient_id].append((stored, view))
         try:
-            with self._sessions.begin() as session:
+            with self._sessions() as session:
                 thresholds = self._thresholds.thresholds_for(session, by_patient.keys())
-                decisions = self._decide(by_patient, history.series, thresholds, now)
+        except DBAPIError as exc:
+            raise AlertStoreUnavailable(f"could not read thresholds: {str(exc.orig)[:300]}") from exc
+        decisions = self._decide(by_patient, history.series, thresholds, now)
+        return PreparedBatch(
+            batch, now, decisions, {patient: label for patient, (_, label) in thresholds.items()}
+        )
+
+    def commit(self, prepared: PreparedBatch) -> EngineResult:
+        """Apply prepared decisions and record the batch's activity, in one transaction."""
+        batch, now = prepared.batch, prepared.now
+        try:
+            with self._sessions.begin() as session:
                 applied = apply(
                     session,
-                    decisions,
-                    threshold_versions={patient: label for patient, (_, label) in thresholds.items()},
+                    prepared.decisions,
+                    threshold_versions=prepared.threshold_versions,
                     now=now,
                     settings=self._settings,
                 )
@@ -98,7 +130,11 @@ class AlertEngine:
             raise AlertStoreUnavailable(f"could not record alerts: {str(exc.orig)[:300]}") from exc
         self._activity.remember(activity)  # committed: only now may later batches skip these rows
         metrics.record_alerts_opened(opened)
-        return EngineResult(decisions, applied)
+        return EngineResult(prepared.decisions, applied)
+
+    def forget(self, batch: Sequence[StoredReading]) -> None:
+        """Drop the batch's patients from the history cache (reloaded from the store when next seen)."""
+        self._history.forget({s.patient_id for s in batch})
 
     def _decide(
         self,

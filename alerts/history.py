@@ -102,6 +102,11 @@ class RecentReadings:
         self._evict()
         return BatchHistory({patient: entry.series for patient, entry in entries.items()}, views)
 
+    def forget(self, patients: Iterable[str]) -> None:
+        """Drop these patients' entries: their next batch reloads them from the store."""
+        for patient in patients:
+            self._cache.pop(patient, None)
+
     def _stale(self, patients: Iterable[str], since: datetime) -> list[str]:
         now = self._clock()
         stale = []

@@ -3,14 +3,20 @@
 decode -> validate -> resolve patient -> store readings -> evaluate rules -> quarantine the rest. The caller acknowledges
 the batch's MQTT messages only after `IngestPipeline.process` returns; if it raises, nothing is
 acknowledged and the broker redelivers, which the store absorbs (see timeseries.lineprotocol).
+
+Storing is mostly waiting for InfluxDB, so the rules make their decisions meanwhile: the write runs on
+a writer thread while this thread prepares the decisions, and they are committed to the database only
+once the write has succeeded, as before (an alert never stands for a reading the store does not hold).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, Protocol, TypeVar
 
 from gateway.errors import StorageRejected
 from gateway.mqtt import InboundMessage
@@ -31,6 +37,22 @@ class BatchResult:
     quarantined: list[QuarantineEntry] = field(default_factory=list)
 
 
+Prepared = TypeVar("Prepared")
+
+
+class RulesStep(Protocol[Prepared]):
+    """What the pipeline needs of the rule engine (alerts.engine.AlertEngine)."""
+
+    def prepare(self, batch: Sequence[StoredReading]) -> Prepared:
+        """Decide (nothing written); may run while the batch is being stored."""
+
+    def commit(self, prepared: Prepared) -> object:
+        """Apply what `prepare` decided, once the batch is stored."""
+
+    def forget(self, batch: Sequence[StoredReading]) -> None:
+        """Drop what `prepare` remembered of a batch the store refused."""
+
+
 @dataclass(slots=True)
 class _Decoded:
     message: InboundMessage
@@ -48,13 +70,16 @@ class IngestPipeline:
         quarantine: Quarantine,
         limits: WireLimits,
         clock: Callable[[], datetime],
-        after_store: Callable[[Sequence[StoredReading]], object] | None = None,
+        rules: RulesStep[Any] | None = None,
         rate_limiter: DeviceRateLimiter | None = None,
     ) -> None:
         self._rate_limiter = rate_limiter
         # The batch last limited and its verdicts: a retried batch must not be charged (and judged) twice.
         self._limited_batch: tuple[Sequence[InboundMessage], dict[int, bool]] | None = None
-        self._after_store = after_store
+        self._rules = rules
+        # One write at a time, off this thread; the store object is used by this thread only meanwhile
+        # for nothing else (the history cache reads through a store of its own: gateway.service).
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-write")
         self._store = store
         self._registry = registry
         self._quarantine = quarantine
@@ -66,10 +91,13 @@ class IngestPipeline:
         result = BatchResult()
         decoded = self._limit(batch, self._decode(batch, result), result)
         resolved = self._resolve(decoded, result)
-        self._write(resolved, result)
-        if self._after_store is not None and result.stored:
-            # Rule evaluation: before the ack, so a crash re-evaluates rather than forgets.
-            self._after_store(result.stored)
+        if self._rules is None:
+            self._write(resolved, result)
+        elif resolved:
+            prepared = self._write_while_preparing(self._rules, resolved, result)
+            if prepared is not None:
+                # Rule evaluation: before the ack, so a crash re-evaluates rather than forgets.
+                self._rules.commit(prepared)
         if result.quarantined:
             self._quarantine.add_many(result.quarantined)
         return result
@@ -131,6 +159,40 @@ class IngestPipeline:
             resolved.append((item.message, stored))
         return resolved
 
+    def _write_while_preparing(
+        self,
+        rules: RulesStep[Prepared],
+        resolved: list[tuple[InboundMessage, StoredReading]],
+        result: BatchResult,
+    ) -> Prepared | None:
+        """Store the readings on the writer thread while `rules` prepares its decisions on this one.
+
+        Returns what to commit (None when nothing was stored). A write that fails for good for some
+        readings falls back to `_write`'s one-by-one path, and the decisions are made again for what
+        was stored; a write that cannot be made now raises, as does a failed `prepare` (after the
+        write has finished: an attempt leaves nothing running).
+        """
+        readings = [stored for _, stored in resolved]
+        pending = self._writer.submit(self._store.write, readings)
+        try:
+            prepared = rules.prepare(readings)
+        except BaseException:
+            _finish(pending)
+            raise
+        try:
+            pending.result()
+        except StorageRejected as exc:
+            rules.forget(readings)
+            log.warning("store refused a batch of %d (%s); retrying reading by reading", len(readings), exc)
+            self._write_one_by_one(resolved, result)
+            return rules.prepare(result.stored) if result.stored else None
+        result.stored.extend(readings)
+        return prepared
+
+    def close(self) -> None:
+        """Stop the writer thread (waits for a write in progress)."""
+        self._writer.shutdown(wait=True)
+
     def _write(self, resolved: list[tuple[InboundMessage, StoredReading]], result: BatchResult) -> None:
         if not resolved:
             return
@@ -155,6 +217,14 @@ class IngestPipeline:
                 result.quarantined.append(_entry(message, "store_rejected", str(exc)[:1000], device_id))
             else:
                 result.stored.append(stored)
+
+
+def _finish(pending: Future[None]) -> None:
+    """Wait for a write whose outcome no longer matters (the attempt failed anyway)."""
+    try:
+        pending.result()
+    except Exception as exc:  # the attempt's own error is the one raised
+        log.debug("write of a failed attempt also failed: %s", exc)
 
 
 def _entry(message: InboundMessage, reason: str, detail: str, device_id: str | None) -> QuarantineEntry:

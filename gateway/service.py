@@ -122,6 +122,7 @@ class Gateway:
             log.info("stopped: flushed the batch in hand and %d queued readings", self.stats.received)
         finally:
             self._consumer.stop()
+            self._pipeline.close()
             if self.drop_watch is not None:
                 self.drop_watch.stop()
             self._report()
@@ -239,10 +240,13 @@ def build_gateway(settings: Settings, *, stop: threading.Event | None = None) ->
     clinic = load_clinic_thresholds(settings.alerts.thresholds_file)
     # The window rules must see their whole window, whatever the clinic configured.
     history_days = max(settings.alerts.history_days, clinic.history_needed.days + 1)
+    # The history reads through a store of its own: the pipeline's store is busy writing meanwhile, on
+    # another thread (gateway.ingest), and the HTTP clients are not meant to be shared across threads.
+    history_store = metrics.TimedStore(open_store(settings.influx))
     alert_engine = AlertEngine(
         sessions=sessions,
         history=RecentReadings(
-            store,
+            history_store,
             days=history_days,
             max_patients=settings.alerts.history_cache_patients,
             ttl=history_ttl(settings.mqtt.topic),
@@ -263,7 +267,7 @@ def build_gateway(settings: Settings, *, stop: threading.Event | None = None) ->
             pulse_pressure_max=settings.gateway.pulse_pressure_max,
         ),
         clock=utc_now,
-        after_store=alert_engine.evaluate,
+        rules=alert_engine,
         rate_limiter=_rate_limiter(settings),
     )
     return Gateway(

@@ -1,0 +1,162 @@
+"""The pipeline stores a batch on its writer thread while the rules decide, and commits the decisions
+only once the store has taken the batch. Real InfluxDB, real database (SQLite and PostgreSQL), the real
+rule engine; only the store's refusals and outages are injected, by a wrapper around the real store.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from alerts.engine import AlertEngine
+from alerts.history import RecentReadings
+from alerts.tables import Alert
+from alerts.thresholds import Thresholds
+from gateway.errors import StorageRejected, StorageUnavailable
+from gateway.ingest import IngestPipeline
+from gateway.mqtt import InboundMessage
+from gateway.quarantine import Quarantine
+from gateway.registry import EnrolmentRegistry
+from gateway.timeseries.base import StoredReading
+from gateway.timeseries.influx_v1 import InfluxV1Store
+from gateway.wire import WireLimits
+from rpmgw.admin import add_patient, enrol_device
+from rpmgw.settings import AlertsSettings, InfluxSettings
+from tests.fixtures.db import MigratedDb
+
+DEVICE, PATIENT = "bp-overlap-1", "P-OVERLAP-1"
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+
+
+class FlakyStore:
+    """The real store, refusing writes that hold a msg_id of `refused` and failing while `down`."""
+
+    def __init__(self, store: InfluxV1Store) -> None:
+        self.store = store
+        self.refused: set[str] = set()
+        self.down = False
+        self.release = threading.Event()
+        self.release.set()
+
+    def write(self, readings: Sequence[StoredReading]) -> None:
+        self.release.wait(30)
+        if self.down:
+            raise StorageUnavailable("injected: InfluxDB unreachable")
+        refused = [s.reading.msg_id for s in readings if s.reading.msg_id in self.refused]
+        if refused:
+            raise StorageRejected(f"injected: field type conflict for {refused}")
+        self.store.write(readings)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+
+@pytest.fixture
+def deployment(
+    migrated_db: MigratedDb, influx_store: InfluxV1Store, influx_settings: InfluxSettings
+) -> Iterator[tuple[IngestPipeline, FlakyStore, MigratedDb]]:
+    with migrated_db.sessions.begin() as session:
+        add_patient(session, patient_id=PATIENT, display_name="Overlap", phone="+79990004001")
+        enrol_device(session, device_id=DEVICE, patient_id=PATIENT, valid_from=T0 - timedelta(days=30))
+    flaky = FlakyStore(influx_store)
+    history_store = InfluxV1Store(influx_settings)  # as gateway.service: reads apart from the writes
+    clock = lambda: T0 + timedelta(minutes=30)  # noqa: E731
+    engine = AlertEngine(
+        sessions=migrated_db.sessions,
+        history=RecentReadings(history_store, days=8, max_patients=100),
+        clinic=Thresholds(),
+        settings=AlertsSettings(),
+        clock=clock,
+    )
+    pipeline = IngestPipeline(
+        store=flaky,  # type: ignore[arg-type]  # a wrapper with the store's interface
+        registry=EnrolmentRegistry(migrated_db.sessions, cache_size=10, ttl=0),
+        quarantine=Quarantine(migrated_db.sessions),
+        limits=WireLimits(),
+        clock=clock,
+        rules=engine,
+    )
+    try:
+        yield pipeline, flaky, migrated_db
+    finally:
+        pipeline.close()
+        history_store.close()
+
+
+def _message(msg_id: str, minutes: int, systolic: int, diastolic: int) -> InboundMessage:
+    payload = {
+        "v": 1,
+        "msg_id": msg_id,
+        "device_id": DEVICE,
+        "type": "blood_pressure",
+        "measured_at": (T0 + timedelta(minutes=minutes)).isoformat(),
+        "systolic": systolic,
+        "diastolic": diastolic,
+        "pulse": 70,
+    }
+    return InboundMessage(
+        f"rpm/devices/{DEVICE}/readings", json.dumps(payload).encode(), minutes + 1, 1, 1, T0
+    )
+
+
+def _severe_alerts(db: MigratedDb) -> list[Alert]:
+    with db.sessions() as session:
+        return list(
+            session.scalars(select(Alert).where(Alert.patient_id == PATIENT, Alert.rule == "severe_bp"))
+        )
+
+
+def test_a_reading_the_store_refuses_is_quarantined_and_forgotten_by_the_rules(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
+) -> None:
+    pipeline, flaky, db = deployment
+    flaky.refused = {"refused-severe"}
+    first = pipeline.process([_message("refused-severe", 0, 200, 125), _message("normal", 1, 120, 80)])
+    assert [s.reading.msg_id for s in first.stored] == ["normal"]
+    assert [(q.reason, q.device_id) for q in first.quarantined] == [("store_rejected", DEVICE)]
+    assert _severe_alerts(db) == []  # no alert for a reading the store does not hold
+    # 10 minutes after the refused one: a repeat of it would confirm. The rules must not remember it.
+    pipeline.process([_message("stored-severe", 10, 200, 125)])
+    [alert] = _severe_alerts(db)
+    assert alert.confirmation == "pending"
+
+
+def test_nothing_is_committed_while_the_store_is_down_and_all_of_it_once_it_is_back(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
+) -> None:
+    pipeline, flaky, db = deployment
+    batch = [_message("severe-1", 0, 200, 125)]
+    flaky.down = True
+    with pytest.raises(StorageUnavailable):
+        pipeline.process(batch)
+    assert _severe_alerts(db) == []  # decided while the write ran, but not committed
+    flaky.down = False
+    again = pipeline.process(batch)  # the gateway retries the same batch
+    assert [s.reading.msg_id for s in again.stored] == ["severe-1"]
+    [alert] = _severe_alerts(db)
+    assert alert.confirmation == "pending"
+
+
+def test_a_failed_decision_waits_for_the_write_before_the_attempt_ends(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline, flaky, _ = deployment
+    flaky.release.clear()  # the write blocks until released
+    rules = pipeline._rules
+    assert rules is not None
+
+    def failing(batch: Sequence[StoredReading]) -> object:
+        threading.Timer(0.3, flaky.release.set).start()  # released after prepare has failed
+        raise RuntimeError("injected: the rules failed")
+
+    monkeypatch.setattr(rules, "prepare", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        pipeline.process([_message("normal-2", 3, 120, 80)])
+    # process() returned only after the write: no write of a failed attempt is still running.
+    assert flaky.release.is_set()
+    assert flaky.store.readings(PATIENT, T0, T0 + timedelta(hours=1))[0].reading.msg_id == "normal-2"
