@@ -143,6 +143,7 @@ def bench(
         if "limits" in wanted:
             click.echo("bench: limits (bare subscriber, InfluxDB writes)", err=True)
             results["bare_subscriber"] = scenarios.bare_subscriber(env, workload)
+            results["bare_gateway_client"] = scenarios.bare_subscriber(env, workload, client="gateway")
             results["influx_write"] = scenarios.influx_write(env, workload)
             _save(json_path, results)
         if "drain" in wanted:
@@ -194,6 +195,7 @@ def _ratios(results: dict[str, object]) -> dict[str, float]:
     """The gateway's drain rates as shares of the limits measured in the same run."""
     ratios: dict[str, float] = {}
     bare = results.get("bare_subscriber")
+    bare_gateway = results.get("bare_gateway_client")
     influx = results.get("influx_write")
     for key in ("drain_1", "drain_2"):
         drain = results.get(key)
@@ -202,6 +204,8 @@ def _ratios(results: dict[str, object]) -> dict[str, float]:
         rate = float(drain["readings_per_s"])
         if isinstance(bare, dict):
             ratios[f"{key}_vs_bare_subscriber"] = round(rate / float(bare["msgs_per_s"]), 3)
+        if isinstance(bare_gateway, dict):
+            ratios[f"{key}_vs_bare_gateway_client"] = round(rate / float(bare_gateway["msgs_per_s"]), 3)
         if isinstance(influx, dict):
             ratios[f"{key}_vs_influx_write"] = round(rate / float(influx["points_per_s"]), 3)
     one, two = results.get("drain_1"), results.get("drain_2")

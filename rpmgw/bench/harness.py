@@ -23,6 +23,7 @@ import requests
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from sqlalchemy import func, insert, select
 
+from gateway.mqtt import BurstClient
 from rpmgw.bench.errors import BenchError
 from rpmgw.db import make_engine, session_factory, upgrade
 from rpmgw.models import Device, Enrolment, Patient, QuarantinedMessage
@@ -297,9 +298,12 @@ class BenchEnv:
         self.processes.append(process)
         return process
 
-    def mqtt_client(self, client_id: str, *, v5: bool = False, role: str = "publisher") -> mqtt.Client:
-        """A paho client logged in with the broker's `role` account (when the broker has accounts)."""
-        client = mqtt.Client(
+    def mqtt_client(
+        self, client_id: str, *, v5: bool = False, role: str = "publisher", burst: bool = False
+    ) -> mqtt.Client:
+        """A paho client logged in with the broker's `role` account (when the broker has accounts);
+        `burst`: the gateway's own client class (buffered reads, batched acks) instead of stock paho."""
+        client = (BurstClient if burst else mqtt.Client)(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,

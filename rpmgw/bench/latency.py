@@ -242,6 +242,9 @@ def alert_latency(env: BenchEnv, *, probes: int, background_rate: int, gateways:
         "delivery_interval_s": float(DELIVERY_INTERVAL),
         "alert_row": percentiles(to_alert),
         "sms_request": percentiles(to_sms),
+        # In probe order (one every ~0.1 s plus its latency): shows whether slow ones come together.
+        "alert_row_ms": [round(ms, 1) for ms in to_alert],
+        "sms_request_ms": [round(ms, 1) for ms in to_sms],
         "alert_missing": missed,
         "sms_missing": probes - len(to_sms),
         "probe_timeout_s": PROBE_TIMEOUT,

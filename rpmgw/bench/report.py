@@ -15,6 +15,15 @@ def render_table(results: Mapping[str, object]) -> str:
     bare = results.get("bare_subscriber")
     if isinstance(bare, Mapping):
         lines.append(_row("limit: bare paho subscriber (ack only)", f"{bare['msgs_per_s']:,} msgs/s"))
+    bare_gateway = results.get("bare_gateway_client")
+    if isinstance(bare_gateway, Mapping):
+        lines.append(
+            _row(
+                "limit: the gateway's MQTT client (ack only)",
+                f"{bare_gateway['msgs_per_s']:,} msgs/s",
+                "gateway.mqtt.BurstClient: buffered reads, one write per batch of acks; no pipeline",
+            )
+        )
     influx = results.get("influx_write")
     if isinstance(influx, Mapping):
         lines.append(

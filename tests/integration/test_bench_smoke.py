@@ -34,6 +34,10 @@ def test_bench_runs_a_tiny_configuration_and_writes_the_json(tmp_path: Path) -> 
         tmp_path, "--readings", "2000", "--devices", "40", "--parts", "limits,drain,scaleout"
     )
     assert results["bare_subscriber"]["messages"] == 2000
+    assert (results["bare_gateway_client"]["client"], results["bare_gateway_client"]["messages"]) == (
+        "gateway",
+        2000,
+    )
     assert results["influx_write"]["points"] == 1980
     for key, processes in (("drain_1", 1), ("drain_2", 2)):
         drain = results[key]
@@ -46,10 +50,12 @@ def test_bench_runs_a_tiny_configuration_and_writes_the_json(tmp_path: Path) -> 
             assert drain[field] > 0, field
     assert set(results["ratios"]) >= {
         "drain_1_vs_bare_subscriber",
+        "drain_1_vs_bare_gateway_client",
         "drain_1_vs_influx_write",
         "two_vs_one_gateway",
     }
     assert "| backlog drain, 1 gateway |" in stdout
+    assert "| limit: the gateway's MQTT client (ack only) |" in stdout
 
 
 def test_bench_ramp_runs_two_short_steps_and_loses_nothing(tmp_path: Path) -> None:
