@@ -1,10 +1,11 @@
 """Rule evaluation for a stored batch: history -> pure rules -> lifecycle.
 
-`prepare` reads (history cache, thresholds) and decides; `commit` applies the decisions and records the
-batch's activity in one database transaction. The gateway prepares while the batch is being written to
-InfluxDB and commits once it is there, before it acknowledges the MQTT messages, so a crash re-evaluates
-rather than forgets; re-evaluating a reading is a no-op in the lifecycle (it keys on msg_id) and in the
-outbox (idempotency keys). `evaluate` is both in one call.
+`stage` joins the batch to its patients' history (reading InfluxDB for patients not cached), `prepare`
+reads the thresholds and decides, `commit` applies the decisions and records the batch's activity in
+one database transaction. The gateway stages before it writes the batch to InfluxDB, prepares while the
+write runs and commits once the batch is stored, before it acknowledges the MQTT messages, so a crash
+re-evaluates rather than forgets; re-evaluating a reading is a no-op in the lifecycle (it keys on
+msg_id) and in the outbox (idempotency keys). `evaluate` is all three in one call.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from alerts.history import RecentReadings
+from alerts.history import BatchHistory, RecentReadings
 from alerts.lifecycle import ApplyResult, apply
 from alerts.model import Decision, ReadingView
 from alerts.rules import Series, evaluate_series
@@ -37,6 +38,15 @@ log = logging.getLogger(__name__)
 
 class AlertStoreUnavailable(GatewayError):
     """The relational database could not record the batch's alerts: retry the batch later."""
+
+
+@dataclass(frozen=True, slots=True)
+class StagedBatch:
+    """A batch with its patients' history (`AlertEngine.stage`)."""
+
+    batch: Sequence[StoredReading]
+    now: datetime
+    history: BatchHistory
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,28 +90,35 @@ class AlertEngine:
 
     def evaluate(self, batch: Sequence[StoredReading]) -> EngineResult:
         """Evaluate every reading of the batch (per patient, oldest first) and apply the decisions."""
-        return self.commit(self.prepare(batch))
+        return self.commit(self.prepare(self.stage(batch)))
 
-    def prepare(self, batch: Sequence[StoredReading]) -> PreparedBatch:
-        """The rules' decisions for the batch, nothing written: the gateway runs this while the batch is
-        being stored, and `commit`s it once the store has taken it.
+    def stage(self, batch: Sequence[StoredReading]) -> StagedBatch:
+        """The batch patients' history, with the batch's readings joined to it (the history cache).
 
-        The batch's readings join the history cache here; if the store then refuses some of them, call
-        `forget` before preparing the rest again.
+        Reads the store for patients not cached: call it before the batch's write starts, never while
+        it runs (InfluxDB 1.x lets a query see a point half-written: some fields and not others). If
+        the store then refuses some readings, call `forget` and stage what was stored again.
         """
         now = self._clock()
-        history = self._history.for_batch(batch, now)
+        return StagedBatch(batch, now, self._history.for_batch(batch, now))
+
+    def prepare(self, staged: StagedBatch) -> PreparedBatch:
+        """The rules' decisions for a staged batch, nothing written (no store access either): the
+        gateway runs this while the batch is being stored, and `commit`s it once the store has it."""
         by_patient: dict[str, list[tuple[StoredReading, ReadingView]]] = defaultdict(list)
-        for stored, view in zip(batch, history.views, strict=True):
+        for stored, view in zip(staged.batch, staged.history.views, strict=True):
             by_patient[stored.patient_id].append((stored, view))
         try:
             with self._sessions() as session:
                 thresholds = self._thresholds.thresholds_for(session, by_patient.keys())
         except DBAPIError as exc:
             raise AlertStoreUnavailable(f"could not read thresholds: {str(exc.orig)[:300]}") from exc
-        decisions = self._decide(by_patient, history.series, thresholds, now)
+        decisions = self._decide(by_patient, staged.history.series, thresholds, staged.now)
         return PreparedBatch(
-            batch, now, decisions, {patient: label for patient, (_, label) in thresholds.items()}
+            staged.batch,
+            staged.now,
+            decisions,
+            {patient: label for patient, (_, label) in thresholds.items()},
         )
 
     def commit(self, prepared: PreparedBatch) -> EngineResult:

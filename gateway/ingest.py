@@ -37,14 +37,18 @@ class BatchResult:
     quarantined: list[QuarantineEntry] = field(default_factory=list)
 
 
+Staged = TypeVar("Staged")
 Prepared = TypeVar("Prepared")
 
 
-class RulesStep(Protocol[Prepared]):
+class RulesStep(Protocol[Staged, Prepared]):
     """What the pipeline needs of the rule engine (alerts.engine.AlertEngine)."""
 
-    def prepare(self, batch: Sequence[StoredReading]) -> Prepared:
-        """Decide (nothing written); may run while the batch is being stored."""
+    def stage(self, batch: Sequence[StoredReading]) -> Staged:
+        """Read what deciding needs from the store; before the batch's write, never alongside it."""
+
+    def prepare(self, staged: Staged) -> Prepared:
+        """Decide (nothing written, the store not read); may run while the batch is being stored."""
 
     def commit(self, prepared: Prepared) -> object:
         """Apply what `prepare` decided, once the batch is stored."""
@@ -70,7 +74,7 @@ class IngestPipeline:
         quarantine: Quarantine,
         limits: WireLimits,
         clock: Callable[[], datetime],
-        rules: RulesStep[Any] | None = None,
+        rules: RulesStep[Any, Any] | None = None,
         rate_limiter: DeviceRateLimiter | None = None,
     ) -> None:
         self._rate_limiter = rate_limiter
@@ -161,21 +165,24 @@ class IngestPipeline:
 
     def _write_while_preparing(
         self,
-        rules: RulesStep[Prepared],
+        rules: RulesStep[Staged, Prepared],
         resolved: list[tuple[InboundMessage, StoredReading]],
         result: BatchResult,
     ) -> Prepared | None:
         """Store the readings on the writer thread while `rules` prepares its decisions on this one.
 
-        Returns what to commit (None when nothing was stored). A write that fails for good for some
-        readings falls back to `_write`'s one-by-one path, and the decisions are made again for what
-        was stored; a write that cannot be made now raises, as does a failed `prepare` (after the
-        write has finished: an attempt leaves nothing running).
+        The rules read the store first (`stage`), before the write starts: a query that runs alongside
+        a write can see a point half-written (InfluxDB 1.x: some fields and not others). Returns what
+        to commit (None when nothing was stored). A write that fails for good for some readings falls
+        back to `_write`'s one-by-one path, and the decisions are made again for what was stored; a
+        write that cannot be made now raises, as does a failed `prepare` (after the write has
+        finished: an attempt leaves nothing running).
         """
         readings = [stored for _, stored in resolved]
+        staged = rules.stage(readings)
         pending = self._writer.submit(self._store.write, readings)
         try:
-            prepared = rules.prepare(readings)
+            prepared = rules.prepare(staged)
         except BaseException:
             _finish(pending)
             raise
@@ -185,7 +192,7 @@ class IngestPipeline:
             rules.forget(readings)
             log.warning("store refused a batch of %d (%s); retrying reading by reading", len(readings), exc)
             self._write_one_by_one(resolved, result)
-            return rules.prepare(result.stored) if result.stored else None
+            return rules.prepare(rules.stage(result.stored)) if result.stored else None
         result.stored.extend(readings)
         return prepared
 

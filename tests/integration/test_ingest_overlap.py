@@ -42,9 +42,21 @@ class FlakyStore:
         self.down = False
         self.release = threading.Event()
         self.release.set()
+        self.writing = threading.Event()
+        self.history_read = threading.Event()
+        self.history: WatchedHistoryStore | None = None  # the history's own store, set by the fixture
 
     def write(self, readings: Sequence[StoredReading]) -> None:
+        self.writing.set()
+        try:
+            self._write(readings)
+        finally:
+            self.writing.clear()
+
+    def _write(self, readings: Sequence[StoredReading]) -> None:
         self.release.wait(30)
+        # Gives a history read that would run alongside the write the time to do so (none should).
+        self.history_read.wait(1)
         if self.down:
             raise StorageUnavailable("injected: InfluxDB unreachable")
         refused = [s.reading.msg_id for s in readings if s.reading.msg_id in self.refused]
@@ -56,6 +68,23 @@ class FlakyStore:
         return getattr(self.store, name)
 
 
+class WatchedHistoryStore(InfluxV1Store):
+    """The history's own store, noting each read made while the pipeline's write was in progress."""
+
+    def __init__(self, settings: InfluxSettings, writes: FlakyStore) -> None:
+        super().__init__(settings)
+        self._writes = writes
+        self.reads_during_writes = 0
+        self.reads = 0
+
+    def recent(self, patient_ids: Sequence[str], since: datetime) -> dict[str, list[StoredReading]]:
+        self.reads += 1
+        if self._writes.writing.is_set():
+            self.reads_during_writes += 1
+        self._writes.history_read.set()
+        return super().recent(patient_ids, since)
+
+
 @pytest.fixture
 def deployment(
     migrated_db: MigratedDb, influx_store: InfluxV1Store, influx_settings: InfluxSettings
@@ -64,7 +93,9 @@ def deployment(
         add_patient(session, patient_id=PATIENT, display_name="Overlap", phone="+79990004001")
         enrol_device(session, device_id=DEVICE, patient_id=PATIENT, valid_from=T0 - timedelta(days=30))
     flaky = FlakyStore(influx_store)
-    history_store = InfluxV1Store(influx_settings)  # as gateway.service: reads apart from the writes
+    history_store = flaky.history = WatchedHistoryStore(
+        influx_settings, flaky
+    )  # its own client, as in service
     clock = lambda: T0 + timedelta(minutes=30)  # noqa: E731
     engine = AlertEngine(
         sessions=migrated_db.sessions,
@@ -140,6 +171,19 @@ def test_nothing_is_committed_while_the_store_is_down_and_all_of_it_once_it_is_b
     assert [s.reading.msg_id for s in again.stored] == ["severe-1"]
     [alert] = _severe_alerts(db)
     assert alert.confirmation == "pending"
+
+
+def test_the_history_is_read_before_the_write_starts_never_alongside_it(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
+) -> None:
+    # InfluxDB 1.x lets a query see a point half-written (some fields, not others): a history read of the
+    # batch's patients alongside the batch's write read such points, and the batch failed and waited.
+    pipeline, flaky, _ = deployment
+    pipeline.process([_message("first", 0, 120, 80)])  # the patient is not cached: the history is read
+    history = flaky.history
+    assert history is not None
+    assert history.reads == 1
+    assert history.reads_during_writes == 0
 
 
 def test_a_failed_decision_waits_for_the_write_before_the_attempt_ends(
