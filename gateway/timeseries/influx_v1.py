@@ -27,6 +27,7 @@ from gateway.timeseries.lineprotocol import (
     MEASUREMENTS,
     decode,
     encode_many,
+    in_flight,
     measured_at_from_ns,
     query_bound_ns,
 )
@@ -207,7 +208,8 @@ class InfluxV1Store:
             columns = serie["columns"]
             for values in serie.get("values", []):
                 row = dict(zip(columns, values, strict=True))
-                found.append((row["time"], decode(serie["name"], row["time"], row)))
+                if not in_flight(serie["name"], row):
+                    found.append((row["time"], decode(serie["name"], row["time"], row)))
         found.sort(key=lambda pair: pair[0])
         return [reading for _, reading in found]
 
@@ -226,6 +228,8 @@ class InfluxV1Store:
                 columns = serie["columns"]
                 for values in serie.get("values", []):
                     row = dict(zip(columns, values, strict=True))
+                    if in_flight(serie["name"], row):
+                        continue  # being written by another gateway: whole on the next read
                     reading = decode(serie["name"], row["time"], row)
                     found.setdefault(reading.patient_id, []).append((row["time"], reading))
         result: dict[str, list[StoredReading]] = {patient: [] for patient in unique}

@@ -32,6 +32,7 @@ from gateway.timeseries.lineprotocol import (
     decode,
     encode_many,
     epoch_ns,
+    in_flight,
     measured_at_from_ns,
     query_bound_ns,
 )
@@ -179,7 +180,11 @@ class InfluxV2Store:
         )
         found = [(epoch_ns(row["_time"]), row) for row in rows]
         found.sort(key=lambda pair: pair[0])
-        return [decode(row["_measurement"], time_ns, row) for time_ns, row in found]
+        return [
+            decode(row["_measurement"], time_ns, row)
+            for time_ns, row in found
+            if not in_flight(row["_measurement"], row)
+        ]
 
     def recent(self, patient_ids: Sequence[str], since: datetime) -> dict[str, list[StoredReading]]:
         """Readings of many patients measured at or after `since`, oldest first per patient."""
@@ -197,6 +202,8 @@ class InfluxV2Store:
         )
         found = sorted(((epoch_ns(row["_time"]), row) for row in rows), key=lambda pair: pair[0])
         for time_ns, row in found:
+            if in_flight(row["_measurement"], row):
+                continue  # being written by another gateway: whole on the next read
             reading = decode(row["_measurement"], time_ns, row)
             result.setdefault(reading.patient_id, []).append(reading)
         return result

@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import pytest
+import requests
+
 from gateway.timeseries.base import StoredReading
 from gateway.timeseries.influx_v1 import RECENT_PATIENTS_PER_QUERY, InfluxV1Store
 from gateway.timeseries.influx_v2 import InfluxV2Store
+from gateway.timeseries.lineprotocol import UndecodableRow
+from rpmgw.settings import InfluxSettings
 from tests.integration.test_influx_v1 import T0, bp, floored, glucose
 from tests.integration.test_influx_v2_fake import (
     COLUMNS,
@@ -100,3 +105,38 @@ def test_the_history_cache_keeps_a_flooding_patient_under_its_cap_and_the_newest
     newest = sorted(sent, key=lambda s: s.reading.measured_at)[-len(series) :]
     assert [r.msg_id for r in series.readings] == [s.reading.msg_id for s in newest]
     assert len(series) >= 18  # trimmed to nine tenths of the cap, not emptied
+
+
+def test_a_point_seen_half_written_is_skipped_and_a_corrupt_one_still_refused(
+    influx_store: InfluxV1Store, influx_settings: InfluxSettings
+) -> None:
+    # What a query running alongside another gateway's write can see: some fields of a point, not all.
+    influx_store.write([StoredReading("P-1", bp("whole", T0))])
+    at_ns = int((T0 + timedelta(minutes=1)).timestamp()) * 10**9
+    half = f"blood_pressure,device_id=bp-000123,patient_id=P-1 systolic=150i {at_ns}"
+    response = requests.post(
+        f"{influx_settings.url}/write",
+        params={"db": influx_settings.database, "precision": "ns"},
+        data=half.encode(),
+        timeout=10,
+    )
+    assert response.status_code == 204, response.text
+
+    found = influx_store.recent(["P-1"], T0 - timedelta(days=1))
+    assert [r.reading.msg_id for r in found["P-1"]] == ["whole"]
+    page = influx_store.readings("P-1", T0 - timedelta(days=1), T0 + timedelta(days=1))
+    assert [r.reading.msg_id for r in page] == ["whole"]
+
+    # Every field there, but not a reading: that is not a write in progress, and stays an error.
+    corrupt = (
+        f'blood_pressure,device_id=bp-000123,patient_id=P-1 msg_id="bad",systolic=20i,diastolic=10i '
+        f"{at_ns + 10**9}"
+    )
+    requests.post(
+        f"{influx_settings.url}/write",
+        params={"db": influx_settings.database, "precision": "ns"},
+        data=corrupt.encode(),
+        timeout=10,
+    ).raise_for_status()
+    with pytest.raises(UndecodableRow, match="bad"):
+        influx_store.recent(["P-1"], T0 - timedelta(days=1))

@@ -19,6 +19,7 @@ from gateway.timeseries.lineprotocol import (
     decode,
     encode,
     encode_many,
+    in_flight,
     measured_at_from_ns,
     query_bound_ns,
     timestamp_ns,
@@ -420,3 +421,22 @@ def test_decode_accepts_a_whole_float_that_came_back_as_an_integer() -> None:
     assert decoded.reading.measured_at == datetime(2026, 11, 28, 2, 40, tzinfo=UTC)
     assert decoded.reading.v == 1
     assert decoded.quality == ()
+
+
+@pytest.mark.parametrize(
+    ("measurement", "row", "expected"),
+    [
+        ("blood_pressure", {"msg_id": "m", "systolic": 120, "diastolic": 80}, False),
+        ("blood_pressure", {"msg_id": "m", "systolic": 120, "diastolic": None}, True),
+        ("blood_pressure", {"systolic": 120, "diastolic": 80}, True),
+        ("glucose", {"msg_id": "m", "unit": "mmol/L", "value": 5.5}, False),
+        ("glucose", {"msg_id": "m", "unit": "mmol/L", "censored": "LO"}, False),
+        ("glucose", {"msg_id": "m", "unit": "mmol/L"}, True),
+        ("glucose", {"msg_id": "m", "value": 5.5}, True),
+        ("weight", {}, False),  # not ours to judge: decode names the unknown measurement
+    ],
+)
+def test_in_flight_names_rows_missing_a_field_every_point_is_written_with(
+    measurement: str, row: dict[str, object], expected: bool
+) -> None:
+    assert in_flight(measurement, row) is expected
