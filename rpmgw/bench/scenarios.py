@@ -151,6 +151,7 @@ def bare_subscriber(
     the gateway's receiving costs without the pipeline.
     """
     client_id = f"bench-bare-{client}-{uuid.uuid4().hex[:6]}"
+    env.sessions.add(client_id)
     received = 0
     unacked: list[int] = []
     lock = threading.Lock()

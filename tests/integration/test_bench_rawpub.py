@@ -11,11 +11,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from rpmgw.bench.errors import BenchError
+from rpmgw.bench.harness import end_session
 from rpmgw.bench.rawpub import RawPublisher, remaining_length
 from rpmgw.servers.mosquitto import MosquittoServer
-from tests.helpers import wait_until
+from tests.helpers import publish_all, readings_topic, wait_until
 
 
 @pytest.mark.parametrize(
@@ -93,3 +96,59 @@ def test_every_message_arrives_once_as_sent_and_every_puback_is_counted(
 def test_a_refused_login_is_a_clear_error(mosquitto_broker: MosquittoServer) -> None:
     with pytest.raises(BenchError, match="refused the bench publisher"):
         RawPublisher(mosquitto_broker.host, mosquitto_broker.port, "bench-raw-bad", ("nobody", "wrong"))
+
+
+def test_end_session_drops_a_stopped_subscribers_session_and_its_queue(
+    mosquitto_broker: MosquittoServer,
+) -> None:
+    # Between the bench's parts: a stopped gateway's session must not be queued every later reading.
+    broker = mosquitto_broker
+    credentials = (broker.gateway_credentials.username, broker.gateway_credentials.password)
+
+    def session(clean: bool) -> tuple[mqtt.Client, list[bool], list[bytes]]:
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id="bench-gone", protocol=mqtt.MQTTv5
+        )
+        client.username_pw_set(*credentials)
+        present: list[bool] = []
+        received: list[bytes] = []
+        client.on_connect = lambda _c, _u, flags, _rc, _p: present.append(flags.session_present)
+        client.on_message = lambda _c, _u, message: received.append(bytes(message.payload))
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = 3600
+        client.connect(broker.host, broker.port, clean_start=clean, properties=properties)
+        client.loop_start()
+        return client, present, received
+
+    first, present, _ = session(True)
+    subscribed = threading.Event()
+    first.on_subscribe = lambda *args: subscribed.set()
+    wait_until(lambda: present == [False], 10, "the first CONNACK")
+    first.subscribe("rpm/devices/+/readings", qos=1)
+    assert subscribed.wait(10)
+    first.disconnect()
+    first.loop_stop()
+    publish_all(broker.host, broker.port, [(readings_topic("bp-gone-1"), b"queued for the stopped session")])
+
+    end_session(broker.host, broker.port, "bench-gone", credentials)
+
+    again, present, received = session(False)
+    try:
+        wait_until(lambda: len(present) == 1, 10, "the CONNACK")
+        assert present == [False]  # the session is gone, and the queued message with it
+        # Not subscribed any more either: a message on the old filter, then one on a sentinel
+        # subscription, from one connection (in order): only the sentinel may arrive.
+        subscribed.clear()
+        again.on_subscribe = lambda *args: subscribed.set()
+        again.subscribe(readings_topic("bp-sentinel"), qos=1)
+        assert subscribed.wait(10)
+        publish_all(
+            broker.host,
+            broker.port,
+            [(readings_topic("bp-gone-2"), b"after"), (readings_topic("bp-sentinel"), b"sentinel")],
+        )
+        wait_until(lambda: len(received) >= 1, 10, "the sentinel")
+        assert received == [b"sentinel"]
+    finally:
+        again.disconnect()
+        again.loop_stop()
