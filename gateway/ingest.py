@@ -54,7 +54,7 @@ class RulesStep(Protocol[Staged, Prepared]):
         """Apply what `prepare` decided, once the batch is stored."""
 
     def forget(self, batch: Sequence[StoredReading]) -> None:
-        """Drop what `prepare` remembered of a batch the store refused."""
+        """Drop what `stage` remembered of a batch the store refused."""
 
 
 @dataclass(slots=True)
@@ -81,8 +81,8 @@ class IngestPipeline:
         # The batch last limited and its verdicts: a retried batch must not be charged (and judged) twice.
         self._limited_batch: tuple[Sequence[InboundMessage], dict[int, bool]] | None = None
         self._rules = rules
-        # One write at a time, off this thread; the store object is used by this thread only meanwhile
-        # for nothing else (the history cache reads through a store of its own: gateway.service).
+        # One write at a time, off this thread. While it runs this thread does not touch the store (the
+        # history cache reads through a store of its own: gateway.service).
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-write")
         self._store = store
         self._registry = registry
