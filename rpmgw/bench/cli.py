@@ -149,19 +149,19 @@ def bench(
             results["bare_subscriber"] = scenarios.bare_subscriber(env, workload)
             results["bare_gateway_client"] = scenarios.bare_subscriber(env, workload, client="gateway")
             results["influx_write"] = scenarios.influx_write(env, workload)
-            _save(json_path, results, env)
+            _end_part(json_path, results, env)
         if "drain" in wanted:
             click.echo("bench: backlog drain, 1 gateway", err=True)
             results["drain_1"] = scenarios.backlog_drain(env, workload, scenarios.DrainOptions(processes=1))
-            _save(json_path, results, env)
+            _end_part(json_path, results, env)
         if "scaleout" in wanted:
             click.echo("bench: backlog drain, 2 gateways ($share)", err=True)
             results["drain_2"] = scenarios.backlog_drain(env, workload, scenarios.DrainOptions(processes=2))
-            _save(json_path, results, env)
+            _end_part(json_path, results, env)
         if "ramp" in wanted:
             click.echo(f"bench: live-ingest ramp, {ramp_start:,} to {ramp_max:,} readings/s", err=True)
             results["ramp"] = live_ramp(env, ramp)
-            _save(json_path, results, env)
+            _end_part(json_path, results, env)
         if "alerts" in wanted:
             click.echo(
                 f"bench: alert latency under {background_rate:,} readings/s, {alert_gateways} gateway(s)",
@@ -170,7 +170,7 @@ def bench(
             results["alert_latency"] = alert_latency(
                 env, probes=alert_probes, background_rate=background_rate, gateways=alert_gateways
             )
-            _save(json_path, results, env)
+            _end_part(json_path, results, env)
         if "web" in wanted:
             click.echo("bench: web pages", err=True)
             results["web"] = web_response_times(env, alerts=inbox_alerts, requests_per_page=web_requests)
@@ -184,12 +184,16 @@ def bench(
     click.echo(f"\nfigures written to {json_path}", err=True)
 
 
-def _save(json_path: Path, results: dict[str, object], env: BenchEnv | None = None) -> None:
-    """Write what is measured so far (a later part failing keeps the earlier figures); with `env`, a part
-    has ended: its persistent sessions are ended too, so that later parts do not feed them."""
+def _end_part(json_path: Path, results: dict[str, object], env: BenchEnv) -> None:
+    """A part has ended: save what is measured so far, and end the part's persistent sessions so that
+    later parts do not feed them (see `BenchEnv.discard_sessions`)."""
+    _save(json_path, results)
+    env.discard_sessions()
+
+
+def _save(json_path: Path, results: dict[str, object]) -> None:
+    """Write what is measured so far (a later part failing keeps the earlier figures)."""
     json_path.write_text(json.dumps(results, indent=2) + "\n")
-    if env is not None:
-        env.discard_sessions()
 
 
 def _cpus() -> int:

@@ -159,7 +159,7 @@ def bare_subscriber(
     total = len(workload.messages)
     manual = client == "gateway"
 
-    def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+    def on_message(_paho: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         nonlocal received
         with lock:
             received += 1
