@@ -7,7 +7,7 @@ import threading
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from alerts.model import Confirmation
@@ -16,7 +16,7 @@ from alerts.thresholds import Thresholds, with_overrides
 from alerts.timerules import ActivityCache, TimeRuleReport, clear_no_data, record_activity, run_time_rules
 from rpmgw import admin
 from rpmgw.db import make_engine, session_factory
-from rpmgw.models import Device
+from rpmgw.models import Device, Patient
 from tests.fixtures.db import MigratedDb
 from tests.integration.alerts_support import (
     PATIENT,
@@ -90,6 +90,38 @@ def test_record_activity_keeps_the_newest_and_marks_devices_seen(migrated_db: Mi
         "glucose": (T0 + MIN, T0 + 10 * MIN),
     }
     assert seen == {BP_DEVICE: T0 + 20 * MIN, GLUCOSE_DEVICE: T0 + 10 * MIN}
+
+
+def test_record_activity_takes_a_batch_beyond_one_statement_s_parameter_limit(
+    migrated_db: MigratedDb,
+) -> None:
+    # 9,000 patients x 2 types = 18,000 activity rows: as one multi-row INSERT that is 72,000 bound
+    # parameters, beyond PostgreSQL's 65,535 (a gateway batch may hold up to 65,535 readings).
+    sessions = migrated_db.sessions
+    count = 9_000
+    patients = [f"many-{i:05d}" for i in range(count)]
+    with sessions.begin() as session:
+        session.execute(
+            insert(Patient),
+            [{"id": p, "display_name": p, "phone": "+79990000000", "timezone": "UTC"} for p in patients],
+        )
+        session.execute(insert(Device), [{"id": f"dev-{p}", "kind": "blood_pressure"} for p in patients])
+    readings = [
+        (p, kind, T0 + i * MIN, f"dev-{p}")
+        for i, p in enumerate(patients)
+        for kind in ("blood_pressure", "glucose")
+    ]
+    with sessions.begin() as session:
+        writes = record_activity(session, readings, T0 + DAY)
+
+    assert len(writes.measured) == 2 * count
+    with sessions() as session:
+        stored = {
+            (a.patient_id, a.type): a.last_measured_at for a in session.scalars(select(PatientActivity))
+        }
+        seen = session.scalar(select(func.count()).select_from(Device).where(Device.last_seen_at == T0 + DAY))
+    assert stored == {(p, kind): measured_at for p, kind, measured_at, _ in readings}
+    assert seen == count
 
 
 def _activity_and_seen(
