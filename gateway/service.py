@@ -9,7 +9,6 @@ so the broker keeps the backlog and no reading is lost.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +21,7 @@ from alerts.thresholds import load_clinic_thresholds
 from gateway import metrics
 from gateway.brokerwatch import BrokerDropWatch
 from gateway.errors import StorageError, StorageUnavailable
+from gateway.handoff import Handoff
 from gateway.health import Check, database_check, flag_check, influx_check
 from gateway.ingest import IngestPipeline
 from gateway.mqtt import InboundMessage, MqttConsumer
@@ -63,7 +63,7 @@ class Gateway:
     def __init__(
         self,
         *,
-        consumer_factory: Callable[[Callable[[InboundMessage], None]], MqttConsumer],
+        consumer_factory: Callable[[Callable[[list[InboundMessage]], None]], MqttConsumer],
         pipeline: IngestPipeline,
         batch_size: int,
         batch_max_wait: float,
@@ -73,7 +73,7 @@ class Gateway:
         drop_watch: BrokerDropWatch | None = None,
     ) -> None:
         self.drop_watch = drop_watch  # the broker's silent queue drops, logged as errors
-        self._queue: queue.Queue[InboundMessage] = queue.Queue(maxsize=queue_size)
+        self._queue: Handoff[InboundMessage] = Handoff(queue_size)
         self._stopping = threading.Event()
         self._consumer = consumer_factory(self._deliver)
         self.checks: dict[str, Check] = {
@@ -127,20 +127,17 @@ class Gateway:
                 self.drop_watch.stop()
             self._report()
 
-    def _deliver(self, message: InboundMessage) -> None:
-        """Called on paho's network thread: queue the message, waiting while the queue is full.
+    def _deliver(self, messages: list[InboundMessage]) -> None:
+        """Called on paho's network thread: queue the messages, waiting while the queue is full.
 
-        Once stopping, a message that finds the queue full is dropped: it is unacknowledged, so the broker
-        redelivers it. (Waiting unconditionally deadlocked the shutdown: paho's thread blocked in a full
-        queue, and stopping waits for that thread.)
+        Once stopping, messages that find the queue full are dropped: they are unacknowledged, so the
+        broker redelivers them. (Waiting unconditionally deadlocked the shutdown: paho's thread blocked
+        in a full queue, and stopping waits for that thread.)
         """
-        while True:
-            try:
-                self._queue.put(message, timeout=0.25)
+        while messages:
+            messages = messages[self._queue.put_many(messages, timeout=0.25) :]
+            if messages and self._stopping.is_set():
                 return
-            except queue.Full:
-                if self._stopping.is_set():
-                    return
 
     def _collect(self) -> list[InboundMessage]:
         """Wait briefly for a first message, then take more until the batch is full or old enough.
@@ -149,31 +146,22 @@ class Gateway:
         behind, that has passed and the batch takes what is queued without waiting (waiting anyway
         idled the loop for a third of its time under live load: profiled).
         """
-        try:
-            first = self._queue.get(timeout=0.25)
-        except queue.Empty:
+        batch = self._queue.get_many(self._batch_size, timeout=0.25)
+        if not batch:
             return []
-        batch = [first]
-        waited = (datetime.now(UTC) - first.received_at).total_seconds()
+        waited = (datetime.now(UTC) - batch[0].received_at).total_seconds()
         deadline = time.monotonic() + min(self._batch_max_wait, max(0.0, self._batch_max_wait - waited))
         while len(batch) < self._batch_size:
-            remaining = deadline - time.monotonic()
-            try:
-                batch.append(
-                    self._queue.get_nowait() if remaining <= 0 else self._queue.get(timeout=remaining)
-                )
-            except queue.Empty:
+            more = self._queue.get_many(
+                self._batch_size - len(batch), timeout=max(0.0, deadline - time.monotonic())
+            )
+            if not more:
                 break
+            batch.extend(more)
         return batch
 
     def _drain_nowait(self, limit: int) -> list[InboundMessage]:
-        batch: list[InboundMessage] = []
-        while len(batch) < limit:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return batch
+        return self._queue.get_many(limit, timeout=0)
 
     def _handle(self, batch: list[InboundMessage]) -> bool:
         """Process with retries, then ack; False when stopping before the batch could be written."""

@@ -21,7 +21,8 @@ def render_table(results: Mapping[str, object]) -> str:
             _row(
                 "limit: the gateway's MQTT client (ack only)",
                 f"{bare_gateway['msgs_per_s']:,} msgs/s",
-                "gateway.mqtt.BurstClient: buffered reads, one write per batch of acks; no pipeline",
+                "gateway.mqtt.BurstClient: buffered reads, messages handed over per burst, one write per "
+                "batch of acks; no pipeline",
             )
         )
     influx = results.get("influx_write")

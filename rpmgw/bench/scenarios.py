@@ -16,7 +16,7 @@ from paho.mqtt.properties import Properties
 from sqlalchemy import func, select
 
 from alerts.tables import Alert
-from gateway.mqtt import BurstClient
+from gateway.mqtt import BurstClient, Received
 from gateway.timeseries.base import StoredReading
 from gateway.timeseries.influx_v1 import InfluxV1Store
 from gateway.wire import Rejection, parse
@@ -160,11 +160,14 @@ def bare_subscriber(
     manual = client == "gateway"
 
     def on_message(_paho: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        on_burst([(b"", b"", message.mid, message.qos)])
+
+    def on_burst(burst: list[Received]) -> None:
         nonlocal received
         with lock:
-            received += 1
+            received += len(burst)
             if manual:
-                unacked.append(message.mid)
+                unacked.extend(mid for _, _, mid, _ in burst)
             if received >= total:
                 all_in.set()
 
@@ -175,6 +178,8 @@ def bare_subscriber(
         properties.SessionExpiryInterval = 3600
         properties.ReceiveMaximum = receive_maximum
         paho.on_message = on_message
+        if isinstance(paho, BurstClient):
+            paho.on_burst = on_burst  # as the gateway's consumer takes them
         rc = paho.connect(env.broker.host, env.broker.port, clean_start=clean, properties=properties)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise BenchError("bare subscriber could not connect")

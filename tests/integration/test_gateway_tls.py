@@ -32,7 +32,7 @@ def _settings(broker: MosquittoServer, ca: Path, client_id: str) -> MqttSettings
 def test_gateway_receives_over_tls(tls_broker: tuple[MosquittoServer, Path, Path]) -> None:
     broker, ca_cert, _ = tls_broker
     received: list[InboundMessage] = []
-    consumer = MqttConsumer(_settings(broker, ca_cert, "gw-tls"), received.append)
+    consumer = MqttConsumer(_settings(broker, ca_cert, "gw-tls"), received.extend)
     consumer.start()
     try:
         assert consumer.wait_connected(20), "the gateway did not connect over TLS"
@@ -48,7 +48,7 @@ def test_gateway_refuses_a_broker_signed_by_another_ca(
     tls_broker: tuple[MosquittoServer, Path, Path],
 ) -> None:
     broker, _, other_ca = tls_broker
-    consumer = MqttConsumer(_settings(broker, other_ca, "gw-tls-wrong-ca"), lambda message: None)
+    consumer = MqttConsumer(_settings(broker, other_ca, "gw-tls-wrong-ca"), lambda messages: None)
     consumer.start()
     try:
         assert not consumer.wait_connected(3), "connected to a broker whose certificate it cannot verify"

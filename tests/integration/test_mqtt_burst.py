@@ -10,8 +10,9 @@ from __future__ import annotations
 import threading
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.mqtt import BURST_HOOKS, BurstClient, InboundMessage, MqttConsumer
+from gateway.mqtt import BURST_HOOKS, BURST_STATE, BurstClient, InboundMessage, MqttConsumer
 from rpmgw.servers.mosquitto import MosquittoServer
 from rpmgw.settings import MqttSettings
 from tests.helpers import bp_payload, encode, publish_all, readings_topic, wait_until
@@ -21,6 +22,10 @@ def test_the_paho_internals_burst_client_builds_on_exist() -> None:
     # A paho upgrade that renames them must fail here, not slow the gateway down or break it.
     for name in BURST_HOOKS:
         assert callable(getattr(mqtt.Client, name, None)), f"paho-mqtt no longer has Client.{name}"
+    client = BurstClient(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    for name in BURST_STATE:
+        assert hasattr(client, name), f"paho-mqtt's Client no longer sets self.{name}"
+    assert set(client._in_packet) >= {"command", "packet"}
 
 
 class _Session:
@@ -45,9 +50,9 @@ class _Session:
         assert isinstance(client, BurstClient)
         client.BURST = burst
 
-    def _deliver(self, message: InboundMessage) -> None:
+    def _deliver(self, messages: list[InboundMessage]) -> None:
         with self._lock:
-            self.received.append(message)
+            self.received.extend(messages)
 
     def __enter__(self) -> _Session:
         self._disconnects_before = self._disconnects()

@@ -17,7 +17,7 @@ from gateway.service import Gateway
 
 
 class _Consumer:
-    def __init__(self, deliver: Callable[[InboundMessage], None]) -> None:
+    def __init__(self, deliver: Callable[[list[InboundMessage]], None]) -> None:
         self.deliver = deliver
         self.connected = threading.Event()
         self.reconnects = 0
@@ -29,7 +29,7 @@ class _Consumer:
 def _gateway(batch_size: int, batch_max_wait: float, queue_size: int = 1000) -> tuple[Gateway, _Consumer]:
     consumers: list[_Consumer] = []
 
-    def factory(deliver: Callable[[InboundMessage], None]) -> MqttConsumer:
+    def factory(deliver: Callable[[list[InboundMessage]], None]) -> MqttConsumer:
         consumers.append(_Consumer(deliver))
         return cast(MqttConsumer, consumers[-1])
 
@@ -61,7 +61,7 @@ def test_a_batch_whose_first_message_already_waited_takes_the_queue_without_wait
     gateway, consumer = _gateway(batch_size=100, batch_max_wait=3600)
     long_ago = datetime.now(UTC) - timedelta(hours=2)
     for n in range(1, 31):
-        consumer.deliver(_message(n, long_ago))
+        consumer.deliver([_message(n, long_ago)])
     batch = _collect_within(gateway, 30)
     assert batch is not None, "the loop waited although the first message had waited longer than the limit"
     assert [m.mid for m in batch] == list(range(1, 31))
@@ -71,7 +71,7 @@ def test_a_batch_stops_at_its_size_and_the_rest_stays_queued_in_order() -> None:
     gateway, consumer = _gateway(batch_size=10, batch_max_wait=3600)
     long_ago = datetime.now(UTC) - timedelta(hours=2)
     for n in range(1, 26):
-        consumer.deliver(_message(n, long_ago))
+        consumer.deliver([_message(n, long_ago)])
     batches = [_collect_within(gateway, 30) for _ in range(3)]
     assert [[m.mid for m in b] if b is not None else None for b in batches] == [
         list(range(1, 11)),
@@ -83,14 +83,14 @@ def test_a_batch_stops_at_its_size_and_the_rest_stays_queued_in_order() -> None:
 def test_a_fresh_first_message_waits_for_more_until_the_batch_is_old_enough() -> None:
     # Full at two: the loop returns as soon as the second message comes, if it waited for it.
     gateway, consumer = _gateway(batch_size=2, batch_max_wait=60.0)
-    consumer.deliver(_message(1, datetime.now(UTC)))
+    consumer.deliver([_message(1, datetime.now(UTC))])
     late: list[InboundMessage] = []
 
     def deliver_later() -> None:
         # Delivered while the loop is still collecting: it must join the first message's batch.
         message = _message(2, datetime.now(UTC))
         late.append(message)
-        consumer.deliver(message)
+        consumer.deliver([message])
 
     timer = threading.Timer(0.2, deliver_later)
     timer.start()
@@ -112,8 +112,8 @@ def test_a_full_queue_holds_paho_back_but_never_blocks_the_shutdown() -> None:
     gateway, consumer = _gateway(batch_size=10, batch_max_wait=1.0, queue_size=3)
     now = datetime.now(UTC)
     for n in range(1, 4):
-        consumer.deliver(_message(n, now))
-    network_thread = threading.Thread(target=consumer.deliver, args=(_message(4, now),), daemon=True)
+        consumer.deliver([_message(n, now)])
+    network_thread = threading.Thread(target=consumer.deliver, args=([_message(4, now)],), daemon=True)
     network_thread.start()
     network_thread.join(0.5)
     assert network_thread.is_alive(), "a full queue must hold the broker's messages back, not drop them"
@@ -121,3 +121,24 @@ def test_a_full_queue_holds_paho_back_but_never_blocks_the_shutdown() -> None:
     network_thread.join(30)
     assert not network_thread.is_alive(), "stopping deadlocked on paho's thread waiting for a full queue"
     assert [m.mid for m in (_collect_within(gateway, 30) or [])] == [1, 2, 3]  # the 4th: redelivered later
+
+
+def test_a_burst_larger_than_the_room_left_goes_in_as_room_is_made_in_order() -> None:
+    gateway, consumer = _gateway(batch_size=4, batch_max_wait=0.0, queue_size=5)
+    now = datetime.now(UTC)
+    network_thread = threading.Thread(
+        target=consumer.deliver, args=([_message(n, now) for n in range(1, 13)],), daemon=True
+    )
+    network_thread.start()
+    batches: list[list[int]] = []
+    while sum(map(len, batches)) < 12:
+        batch = _collect_within(gateway, 30)
+        assert batch is not None, "the loop did not return"
+        assert len(batches) < 100, f"the burst did not get through: {batches}"
+        if batch:
+            batches.append([m.mid for m in batch])
+    network_thread.join(30)
+    assert not network_thread.is_alive(), "the network thread is still waiting with the burst delivered"
+    assert [mid for batch in batches for mid in batch] == list(range(1, 13))
+    assert batches[0] == [1, 2, 3, 4]  # what fitted at once, up to a batch
+    assert max(map(len, batches)) <= 4

@@ -6,12 +6,13 @@ the broker would send, built here from the MQTT v5 layout (3.3.2).
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import paho.mqtt.client as mqtt
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -89,3 +90,96 @@ def test_burst_client_decodes_a_publish_as_paho_does(
     else:
         assert ours.properties is not None and paho.properties is not None
         assert ours.properties.json() == paho.properties.json()  # type: ignore[no-untyped-call]
+
+
+class _Socket:
+    """What paho reads from: the stream in the given pieces, then nothing more for now."""
+
+    def __init__(self, stream: bytes, cuts: list[int]) -> None:
+        edges = [0, *sorted({c for c in cuts if 0 < c < len(stream)}), len(stream)]
+        self._pieces = [stream[a:b] for a, b in itertools.pairwise(edges)]
+
+    def recv(self, size: int) -> bytes:
+        if not self._pieces:
+            raise BlockingIOError
+        piece = self._pieces[0]
+        if len(piece) <= size:
+            del self._pieces[0]
+            return piece
+        self._pieces[0] = piece[size:]
+        return piece[:size]
+
+    def close(self) -> None:  # paho closes its socket when the client is collected
+        self._pieces.clear()
+
+    @property
+    def empty(self) -> bool:
+        return not self._pieces
+
+
+def _stream_received(
+    client_class: type[mqtt.Client], stream: bytes, cuts: list[int], burst: int
+) -> list[tuple[str, bytes, int, int]]:
+    """What a client's on_message (and, for BurstClient, on_burst) got from `stream` read in pieces."""
+    client = client_class(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.manual_ack_set(True)  # nothing is written: there is no real connection
+    got: list[tuple[str, bytes, int, int]] = []
+    client.on_message = lambda _c, _u, m: got.append((m.topic, bytes(m.payload), m.mid, m.qos))
+    if isinstance(client, BurstClient):
+        client.BURST = burst
+        client.on_burst = lambda received: got.extend(
+            (topic.decode(), payload, mid, qos) for topic, payload, mid, qos in received
+        )
+    socket = _Socket(stream, cuts)
+    client._sock = socket  # type: ignore[assignment]
+    for _ in range(10 * len(stream) + 10):  # stock paho: a packet per call at most
+        assert client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
+        if socket.empty and client._in_packet["command"] == 0 and not getattr(client, "_read_buffer", b""):
+            break
+    else:
+        raise AssertionError("the stream was not read to its end")
+    return got
+
+
+_PACKET = st.tuples(
+    st.text(min_size=1, max_size=20).filter(lambda t: "\x00" not in t),  # topic
+    st.binary(max_size=200),  # payload (with 128+ bytes, the remaining length takes two bytes)
+    st.sampled_from([0, 1]),  # QoS
+    st.integers(min_value=1, max_value=65_535),  # packet id
+    st.booleans(),  # with a property: paho's path
+    st.booleans(),  # a PINGRESP after it: another packet type in the stream
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    packets=st.lists(_PACKET, min_size=1, max_size=30),
+    cuts=st.lists(st.integers(min_value=1, max_value=8_000), max_size=12),
+    burst=st.integers(min_value=1, max_value=40),
+)
+def test_burst_client_reads_a_stream_in_any_pieces_as_paho_does(
+    packets: list[tuple[str, bytes, int, int, bool, bool]], cuts: list[int], burst: int
+) -> None:
+    stream = bytearray()
+    for topic, payload, qos, mid, with_property, ping in packets:
+        encoded = topic.encode()
+        body = (
+            struct.pack("!H", len(encoded))
+            + encoded
+            + (struct.pack("!H", mid) if qos else b"")
+            + _properties(60 if with_property else None, None)
+            + payload
+        )
+        length, remaining = bytearray(), len(body)
+        while True:
+            byte, remaining = remaining % 128, remaining // 128
+            length.append(byte | (0x80 if remaining else 0))
+            if not remaining:
+                break
+        stream += bytes([0x30 | qos << 1]) + length + body
+        if ping:
+            stream += b"\xd0\x00"
+    ours = _stream_received(BurstClient, bytes(stream), cuts, burst)
+    paho = _stream_received(mqtt.Client, bytes(stream), cuts, burst)
+    assert ours == paho
+    assert [(t, p, m if q else 0, q) for t, p, q, m, _, _ in packets] == ours
