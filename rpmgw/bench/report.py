@@ -59,7 +59,7 @@ def render_table(results: Mapping[str, object]) -> str:
                         f"p50 {figures['p50_ms']} ms, p95 {figures['p95_ms']} ms, p99 {figures['p99_ms']} ms",
                         f"{figures['n']} timed, {latency.get(target.split('_')[0] + '_missing', 0)} missing; "
                         f"{latency['background_rate']:,} readings/s background, "
-                        f"{latency.get('gateways', 1)} gateway(s)",
+                        f"{latency.get('gateways', 1)} gateway(s){_cpu_note(latency)}",
                     )
                 )
     web = results.get("web")
@@ -102,3 +102,10 @@ def _ramp_rows(ramp: object) -> list[str]:
             )
         )
     return rows
+
+
+def _cpu_note(latency: Mapping[str, object]) -> str:
+    cpu = latency.get("gateway_cpu_percent")
+    if not isinstance(cpu, list) or not cpu:
+        return ""
+    return f" at {' + '.join(f'{c} %' for c in cpu)} CPU; batch wait {latency.get('batch_max_wait_s')} s"
