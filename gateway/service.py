@@ -73,6 +73,8 @@ class Gateway:
         drop_watch: BrokerDropWatch | None = None,
     ) -> None:
         self.drop_watch = drop_watch  # the broker's silent queue drops, logged as errors
+        # Called after each turn of the batch loop, when no batch is in hand (`rpmgw gateway`: heap.Keeper).
+        self.between_batches: Callable[[], object] | None = None
         self._queue: Handoff[InboundMessage] = Handoff(queue_size)
         self._stopping = threading.Event()
         self._consumer = consumer_factory(self._deliver)
@@ -109,6 +111,9 @@ class Gateway:
                 batch = self._collect()
                 if batch:
                     self._handle(batch)
+                del batch
+                if self.between_batches is not None:
+                    self.between_batches()
                 if time.monotonic() - last_report >= 10:
                     last_report = time.monotonic()
                     self._report()

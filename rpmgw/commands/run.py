@@ -121,6 +121,7 @@ def gateway(ctx: SettingsContext) -> None:
     _stop_when_set(stop, service.stop)
     _start_health(settings.gateway.health_host, settings.gateway.health_port, service.checks)
     heap.settle()
+    service.between_batches = heap.Keeper().tidy
     log.info(
         "gateway up: broker %s:%s topic %s, store %s",
         settings.mqtt.host,

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
-from gateway.ingest import IngestPipeline
+from gateway.ingest import BatchResult, IngestPipeline
 from gateway.mqtt import InboundMessage, MqttConsumer
 from gateway.service import Gateway
 
@@ -21,8 +21,16 @@ class _Consumer:
         self.deliver = deliver
         self.connected = threading.Event()
         self.reconnects = 0
+        self.acked: list[InboundMessage] = []
+
+    def start(self) -> None:
+        self.connected.set()
+
+    def stop(self) -> None:
+        self.connected.clear()
 
     def ack(self, messages: Sequence[InboundMessage]) -> int:
+        self.acked.extend(messages)
         return len(messages)
 
 
@@ -142,3 +150,46 @@ def test_a_burst_larger_than_the_room_left_goes_in_as_room_is_made_in_order() ->
     assert [mid for batch in batches for mid in batch] == list(range(1, 13))
     assert batches[0] == [1, 2, 3, 4]  # what fitted at once, up to a batch
     assert max(map(len, batches)) <= 4
+
+
+class _Pipeline:
+    def __init__(self) -> None:
+        self.processed: list[list[int]] = []
+
+    def process(self, batch: Sequence[InboundMessage]) -> BatchResult:
+        self.processed.append([m.mid for m in batch])
+        return BatchResult()
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_loop_calls_between_batches_after_each_batch_is_acknowledged() -> None:
+    pipeline = _Pipeline()
+    consumers: list[_Consumer] = []
+
+    def factory(deliver: Callable[[list[InboundMessage]], None]) -> MqttConsumer:
+        consumers.append(_Consumer(deliver))
+        return cast(MqttConsumer, consumers[-1])
+
+    gateway = Gateway(
+        consumer_factory=factory,
+        pipeline=cast(IngestPipeline, pipeline),
+        batch_size=10,
+        batch_max_wait=0.01,
+        queue_size=100,
+    )
+    seen: list[tuple[int, list[list[int]]]] = []
+
+    def between() -> None:
+        seen.append((len(consumers[0].acked), list(pipeline.processed)))
+        if pipeline.processed:
+            gateway.stop()
+
+    gateway.between_batches = between
+    consumers[0].deliver([_message(n, datetime.now(UTC)) for n in range(1, 4)])
+    runner = threading.Thread(target=gateway.run, daemon=True)
+    runner.start()
+    runner.join(30)
+    assert not runner.is_alive(), "the loop did not stop"
+    assert seen[-1] == (3, [[1, 2, 3]])  # called once the batch was processed and acknowledged
