@@ -142,8 +142,9 @@ class BurstClient(mqtt.Client):
     def _take_buffered(self, on_burst: Callable[[list[Received]], None]) -> int:
         """Decode the complete QoS 0/1 PUBLISH packets without properties at the head of the read
         buffer, hand them to `on_burst` and return how many; stops at anything else (another packet
-        type, properties, a packet not all here, a malformed length), which paho's reader then takes."""
-        if self._protocol != mqtt.MQTTv5:
+        type, properties, a packet not all here, a malformed length), which paho's reader then takes.
+        Only in manual-ack mode: nothing here sends a PUBACK (paho's path does, in its automatic mode)."""
+        if self._protocol != mqtt.MQTTv5 or not self._manual_ack:
             return 0
         buffer = self._read_buffer
         size = len(buffer)

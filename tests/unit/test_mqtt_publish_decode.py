@@ -112,6 +112,12 @@ class _Socket:
     def close(self) -> None:  # paho closes its socket when the client is collected
         self._pieces.clear()
 
+    def send(self, data: bytes) -> int:
+        self.sent += data
+        return len(data)
+
+    sent = b""
+
     @property
     def empty(self) -> bool:
         return not self._pieces
@@ -183,3 +189,27 @@ def test_burst_client_reads_a_stream_in_any_pieces_as_paho_does(
     paho = _stream_received(mqtt.Client, bytes(stream), cuts, burst)
     assert ours == paho
     assert [(t, p, m if q else 0, q) for t, p, q, m, _, _ in packets] == ours
+
+
+def test_with_automatic_acks_burst_client_leaves_every_message_to_paho_which_acknowledges_it() -> None:
+    client = BurstClient(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    got: list[int] = []
+    bursts: list[object] = []
+    client.on_message = lambda _c, _u, m: got.append(m.mid)
+    client.on_burst = bursts.append
+    topic = b"rpm/devices/d-001/readings"
+    stream = b"".join(
+        bytes([0x32, 2 + len(topic) + 2 + 1 + 2])
+        + struct.pack("!H", len(topic))
+        + topic
+        + struct.pack("!H", mid)
+        + b"\x00{}"
+        for mid in (7, 8, 9)
+    )
+    socket = _Socket(stream, [])
+    client._sock = socket  # type: ignore[assignment]
+    for _ in range(10):
+        client.loop_read()
+    assert got == [7, 8, 9]
+    assert bursts == []
+    assert socket.sent == b"".join(bytes([0x40, 2]) + struct.pack("!H", mid) for mid in (7, 8, 9))
