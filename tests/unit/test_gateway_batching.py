@@ -34,7 +34,10 @@ class _Consumer:
         return len(messages)
 
 
-def _gateway(batch_size: int, batch_max_wait: float, queue_size: int = 1000) -> tuple[Gateway, _Consumer]:
+def _gateway(
+    batch_size: int, batch_max_wait: float, queue_size: int = 1000, pipeline: object = None
+) -> tuple[Gateway, _Consumer]:
+    """A gateway on a stand-in consumer; without a `pipeline` only batches are cut (none is processed)."""
     consumers: list[_Consumer] = []
 
     def factory(deliver: Callable[[list[InboundMessage]], None]) -> MqttConsumer:
@@ -43,7 +46,7 @@ def _gateway(batch_size: int, batch_max_wait: float, queue_size: int = 1000) -> 
 
     gateway = Gateway(
         consumer_factory=factory,
-        pipeline=cast(IngestPipeline, None),  # not reached: only batches are cut here
+        pipeline=cast(IngestPipeline, pipeline),
         batch_size=batch_size,
         batch_max_wait=batch_max_wait,
         queue_size=queue_size,
@@ -166,28 +169,16 @@ class _Pipeline:
 
 def test_the_loop_calls_between_batches_after_each_batch_is_acknowledged() -> None:
     pipeline = _Pipeline()
-    consumers: list[_Consumer] = []
-
-    def factory(deliver: Callable[[list[InboundMessage]], None]) -> MqttConsumer:
-        consumers.append(_Consumer(deliver))
-        return cast(MqttConsumer, consumers[-1])
-
-    gateway = Gateway(
-        consumer_factory=factory,
-        pipeline=cast(IngestPipeline, pipeline),
-        batch_size=10,
-        batch_max_wait=0.01,
-        queue_size=100,
-    )
+    gateway, consumer = _gateway(batch_size=10, batch_max_wait=0.01, queue_size=100, pipeline=pipeline)
     seen: list[tuple[int, list[list[int]]]] = []
 
     def between() -> None:
-        seen.append((len(consumers[0].acked), list(pipeline.processed)))
+        seen.append((len(consumer.acked), list(pipeline.processed)))
         if pipeline.processed:
             gateway.stop()
 
     gateway.between_batches = between
-    consumers[0].deliver([_message(n, datetime.now(UTC)) for n in range(1, 4)])
+    consumer.deliver([_message(n, datetime.now(UTC)) for n in range(1, 4)])
     runner = threading.Thread(target=gateway.run, daemon=True)
     runner.start()
     runner.join(30)
