@@ -31,7 +31,7 @@ from gateway.registry import EnrolmentRegistry, RegistryUnavailable
 from gateway.timeseries import open_store
 from gateway.timeseries.base import ReadingStore
 from gateway.wire import WireLimits
-from rpmgw.db import check_current, make_engine, session_factory
+from rpmgw.db import IDLE_PING_SECONDS, check_current, make_engine, session_factory
 from rpmgw.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ class Gateway:
 def build_gateway(settings: Settings, *, stop: threading.Event | None = None) -> Gateway:
     """Wire the real clients from settings; waits for InfluxDB while `stop` is not set."""
     store = metrics.TimedStore(open_store_when_ready(settings, stop or threading.Event()))
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, idle_ping_seconds=IDLE_PING_SECONDS)
     check_current(engine)
     sessions = session_factory(engine)
     clinic = load_clinic_thresholds(settings.alerts.thresholds_file)

@@ -39,7 +39,7 @@ from alembic.script import ScriptDirectory  # noqa: E402
 
 PACKAGE_DIR: Final = Path(__file__).resolve().parent
 ALEMBIC_INI: Final = PACKAGE_DIR / "alembic.ini"
-# A pooled PostgreSQL connection unused this long is pinged before it is used again (_ping_when_idle).
+# The gateway's pooled PostgreSQL connections unused this long are pinged before reuse (_ping_when_idle).
 IDLE_PING_SECONDS: Final = 5.0
 MIGRATIONS_DIR: Final = PACKAGE_DIR / "migrations"
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
@@ -86,12 +86,13 @@ def normalize_url(url: str) -> URL:
     return parsed
 
 
-def make_engine(
-    url: str, *, sqlite_foreign_keys: bool = True, idle_ping_seconds: float = IDLE_PING_SECONDS
-) -> Engine:
+def make_engine(url: str, *, sqlite_foreign_keys: bool = True, idle_ping_seconds: float = 0.0) -> Engine:
     """An engine for `url`; SQLite gets its directory created, WAL, foreign keys and a busy timeout;
-    PostgreSQL's pooled connections are pinged before use when they have been idle (`_ping_when_idle`).
+    PostgreSQL's pooled connections are pinged before reuse once idle `idle_ping_seconds` (`_ping_when_idle`).
 
+    The default, 0, pings at every reuse: a web request never meets a connection that a PostgreSQL
+    restart left dead. The gateway passes `IDLE_PING_SECONDS`: it retries a failed batch anyway, and
+    a ping before each of its transactions was a tenth of a small batch's time.
     `sqlite_foreign_keys=False` is for migrations only (SQLite rebuilds tables to alter them).
     """
     parsed = normalize_url(url)
@@ -116,11 +117,11 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
 
     A long-running process must survive a PostgreSQL restart or a network cut without handing out a
     dead pooled connection. SQLAlchemy's `pool_pre_ping` pings at every checkout: a round trip before
-    every transaction, two per gateway batch (profiled: a tenth of a small batch's time). A connection
-    in steady use has just shown it is alive; one that sat in the pool is pinged, and if the ping fails
-    the pool replaces it (DisconnectionError). A connection that dies between two quick uses fails its
-    transaction instead, which the gateway retries (SQLAlchemy then also drops the pool's other
-    connections, which died with it).
+    every transaction, two per gateway batch (profiled: a tenth of a small batch's time). With a
+    threshold, a connection in steady use has just shown it is alive; one that sat in the pool is
+    pinged, and if the ping fails the pool replaces it (DisconnectionError). A connection that dies
+    between two quick uses fails its transaction instead, which the gateway retries (SQLAlchemy then
+    also drops the pool's other connections, which died with it).
     """
     dbapi_error = engine.dialect.loaded_dbapi.Error
 

@@ -1,4 +1,4 @@
-"""PostgreSQL pooled connections: pinged before use only after sitting idle, and replaced when dead.
+"""PostgreSQL pooled connections: pinged before reuse (the gateway's only once idle), replaced when dead.
 
 The connection goes through a TCP proxy that can cut it, as a PostgreSQL restart or a network cut would.
 """
@@ -36,7 +36,7 @@ def test_an_idle_pooled_connection_that_died_is_replaced_before_use(
     proxied: tuple[str, CuttableProxy],
 ) -> None:
     url, proxy = proxied
-    engine = make_engine(url, idle_ping_seconds=0)  # every reuse counts as idle: pinged
+    engine = make_engine(url)  # the default (the web app's): pinged at every reuse
     try:
         assert _select_one(engine) == 1  # one connection, now back in the pool
         proxy.cut()  # the pooled connection dies, as in a restart
@@ -50,7 +50,7 @@ def test_a_connection_in_steady_use_is_not_pinged_so_a_cut_fails_one_use_and_the
     proxied: tuple[str, CuttableProxy],
 ) -> None:
     url, proxy = proxied
-    engine = make_engine(url, idle_ping_seconds=3600)
+    engine = make_engine(url, idle_ping_seconds=3600)  # as the gateway's, in steady use
     try:
         assert _select_one(engine) == 1
         proxy.cut()
