@@ -304,7 +304,7 @@ def _evaluate(
     else:
         hypo = _is_hypo(t, reading)
         findings = [
-            _hypo(t, reading) if not breach_only or _is_hypo(t, reading, level=2) or hypo else None,
+            _hypo(t, reading) if not breach_only or hypo else None,  # level 2 lies below level 1
             _hyper(t, reading) if not breach_only or _is_hyper(t, reading) else None,
             _repeated_hypo(t, window) if not breach_only or hypo else None,
         ]
@@ -564,11 +564,10 @@ def _number_text(t: Thresholds, value: float) -> str:
     return f"{value:.4f}"
 
 
-def _is_hypo(t: Thresholds, reading: ReadingView, level: int = 1) -> bool:
-    """Below level 1 (or 2) (LO included)."""
+def _is_hypo(t: Thresholds, reading: ReadingView) -> bool:
+    """Below level 1 (LO included)."""
     value = _mmol(reading)
-    limit = t.hypo_l1_mmol if level == 1 else t.hypo_l2_mmol
-    return reading.censored == "LO" or (value is not None and value < limit)
+    return reading.censored == "LO" or (value is not None and value < t.hypo_l1_mmol)
 
 
 def _is_hyper(t: Thresholds, reading: ReadingView) -> bool:
