@@ -166,16 +166,10 @@ class BurstClient(mqtt.Client):
             else:
                 break  # length not all here yet, or longer than 4 bytes (paho reports that)
             end = at + length
-            if end > size or length < 3:
+            fields = _plain_publish(buffer, at, end, qos) if end <= size else None
+            if fields is None:
                 break
-            topic_end = at + 2 + (buffer[at] << 8 | buffer[at + 1])
-            properties_at = topic_end + (2 if qos else 0)
-            if properties_at >= end or buffer[properties_at] != 0:
-                break
-            mid = (buffer[topic_end] << 8 | buffer[topic_end + 1]) if qos else 0
-            burst.append(
-                (bytes(buffer[at + 2 : topic_end]), bytes(buffer[properties_at + 1 : end]), mid, qos)
-            )
+            burst.append((*fields, qos))
             pos = end
         if not burst:
             return 0
@@ -190,20 +184,17 @@ class BurstClient(mqtt.Client):
         header: int = self._in_packet["command"]
         packet: bytearray = self._in_packet["packet"]
         qos = (header & 0x06) >> 1
-        if self._protocol != mqtt.MQTTv5 or qos == 2 or len(packet) < 2:
-            return super()._handle_publish()
-        topic_end = 2 + (packet[0] << 8 | packet[1])
-        properties_at = topic_end + (2 if qos else 0)
-        if properties_at >= len(packet) or packet[properties_at] != 0:  # properties, or malformed
-            return super()._handle_publish()
-        message = mqtt.MQTTMessage(
-            mid=(packet[topic_end] << 8 | packet[topic_end + 1]) if qos else 0,
-            topic=bytes(packet[2:topic_end]),
+        fields = (
+            _plain_publish(packet, 0, len(packet), qos) if self._protocol == mqtt.MQTTv5 and qos < 2 else None
         )
+        if fields is None:  # properties, QoS 2, MQTT 3 or malformed: paho decodes it
+            return super()._handle_publish()
+        topic, payload, mid = fields
+        message = mqtt.MQTTMessage(mid=mid, topic=topic)
         message.dup = bool(header & 0x08)
         message.qos = qos
         message.retain = bool(header & 0x01)
-        message.payload = bytes(packet[properties_at + 1 :])
+        message.payload = payload
         message.timestamp = time.monotonic()  # paho's own clock for it
         self._handle_on_message(message)
         if qos == 1 and not self._manual_ack:
@@ -216,6 +207,19 @@ class BurstClient(mqtt.Client):
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         packet = struct.pack(f"!{len(mids)}I", *[_PUBACK_HEADER | mid for mid in mids])
         return self._packet_queue(PUBACK, packet, 0, 0)
+
+
+def _plain_publish(data: bytearray, start: int, end: int, qos: int) -> tuple[bytes, bytes, int] | None:
+    """(topic, payload, packet id) of the PUBLISH whose variable header and payload are data[start:end],
+    when it has no MQTT v5 properties (MQTT v5 3.3.2); None when it has some or is too short to be whole."""
+    if end - start < 3:  # topic length and the properties' length at least
+        return None
+    topic_end = start + 2 + (data[start] << 8 | data[start + 1])
+    properties_at = topic_end + (2 if qos else 0)
+    if properties_at >= end or data[properties_at] != 0:
+        return None
+    mid = (data[topic_end] << 8 | data[topic_end + 1]) if qos else 0
+    return bytes(data[start + 2 : topic_end]), bytes(data[properties_at + 1 : end]), mid
 
 
 def make_client(
