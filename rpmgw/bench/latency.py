@@ -207,7 +207,7 @@ def alert_latency(env: BenchEnv, *, probes: int, background_rate: int, gateways:
         client.connect(env.broker.host, env.broker.port)
         client.loop_start()
         time.sleep(2)  # let the load reach its rate first
-        cpu_from = time.monotonic(), [proc_cpu_seconds(g.pid) for g in started_gateways]
+        timed_from, cpu_before = time.monotonic(), [proc_cpu_seconds(g.pid) for g in started_gateways]
         for n in range(probes):
             index = first_probe + n
             device, patient, phone = device_id(index), patient_id(index), f"+7999{index % 10_000_000:07d}"
@@ -227,10 +227,10 @@ def alert_latency(env: BenchEnv, *, probes: int, background_rate: int, gateways:
                 gateway.check_alive()
             time.sleep(0.1)
         published = load.published
-        elapsed = time.monotonic() - cpu_from[0]
+        elapsed = time.monotonic() - timed_from
         cpu_percent = [
             round(100 * (proc_cpu_seconds(g.pid) - before) / elapsed, 1)
-            for g, before in zip(started_gateways, cpu_from[1], strict=True)
+            for g, before in zip(started_gateways, cpu_before, strict=True)
         ]
     finally:
         load.stop()
