@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from alerts.history import BatchHistory, RecentReadings
 from alerts.lifecycle import ApplyResult, apply
 from alerts.model import Decision, ReadingView
-from alerts.rules import Series, evaluate_series
+from alerts.rules import Series, critical_by_value, evaluate_series
 from alerts.tables import Alert
 from alerts.threshold_store import ThresholdCache
 from alerts.thresholds import Thresholds
@@ -91,6 +91,16 @@ class AlertEngine:
     def evaluate(self, batch: Sequence[StoredReading]) -> EngineResult:
         """Evaluate every reading of the batch (per patient, oldest first) and apply the decisions."""
         return self.commit(self.prepare(self.stage(batch)))
+
+    def urgent(self, stored: StoredReading) -> bool:
+        """Whether the reading's value alone breaches a critical rule under the clinic's thresholds.
+
+        The gateway stores and decides such readings (with the rest of their patient's batch) before
+        the rest of the batch. A patient's own thresholds are not read here (that needs the database):
+        a reading critical only under stricter ones of the patient's is decided with the rest of the
+        batch, as every reading was before.
+        """
+        return critical_by_value(self._clinic, stored.reading)
 
     def stage(self, batch: Sequence[StoredReading]) -> StagedBatch:
         """The batch patients' history, with the batch's readings joined to it (the history cache).

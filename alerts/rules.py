@@ -45,6 +45,7 @@ from typing import Literal
 from alerts.model import Confirmation, Decision, DecisionKind, ReadingView, RuleId
 from alerts.thresholds import Thresholds
 from gateway.timeseries.base import ReadingType
+from gateway.wire import BloodPressureReading, GlucoseReading
 
 NoDataDue = Literal["none", "reminder", "alert"]
 
@@ -315,6 +316,20 @@ def _evaluate(
         if decision is not None:
             decisions.append(decision)
     return decisions
+
+
+def critical_by_value(thresholds: Thresholds, reading: BloodPressureReading | GlucoseReading) -> bool:
+    """Whether the reading's own value breaches a critical rule: severe blood pressure, level 2
+    hypoglycaemia (LO included) or severe hyperglycaemia (HI included), history aside.
+
+    The gateway stores and decides such readings ahead of the rest of their batch (gateway.ingest), so
+    this looks at the wire reading, without the view the rules build; a test holds it to what
+    `evaluate` decides for the reading alone.
+    """
+    if isinstance(reading, BloodPressureReading):
+        return _at_or_above(reading.systolic, reading.diastolic, thresholds.severe_sbp, thresholds.severe_dbp)
+    value = reading.value_mmol
+    return value is None or value < thresholds.hypo_l2_mmol or value >= thresholds.hyper_severe_mmol
 
 
 def confirmation_expired(opened_at: datetime, now: datetime, thresholds: Thresholds) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -30,6 +30,7 @@ from rpmgw.settings import AlertsSettings, InfluxSettings
 from tests.fixtures.db import MigratedDb
 
 DEVICE, PATIENT = "bp-overlap-1", "P-OVERLAP-1"
+OTHER_DEVICE, OTHER_PATIENT = "bp-overlap-2", "P-OVERLAP-2"
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
 
 
@@ -45,8 +46,11 @@ class FlakyStore:
         self.writing = threading.Event()
         self.history_read = threading.Event()
         self.history: WatchedHistoryStore | None = None  # the history's own store, set by the fixture
+        self.before_write: Callable[[Sequence[StoredReading]], None] | None = None  # may raise
 
     def write(self, readings: Sequence[StoredReading]) -> None:
+        if self.before_write is not None:
+            self.before_write(readings)
         self.writing.set()
         try:
             self._write(readings)
@@ -92,6 +96,10 @@ def deployment(
     with migrated_db.sessions.begin() as session:
         add_patient(session, patient_id=PATIENT, display_name="Overlap", phone="+79990004001")
         enrol_device(session, device_id=DEVICE, patient_id=PATIENT, valid_from=T0 - timedelta(days=30))
+        add_patient(session, patient_id=OTHER_PATIENT, display_name="Other", phone="+79990004002")
+        enrol_device(
+            session, device_id=OTHER_DEVICE, patient_id=OTHER_PATIENT, valid_from=T0 - timedelta(days=30)
+        )
     flaky = FlakyStore(influx_store)
     history_store = flaky.history = WatchedHistoryStore(
         influx_settings, flaky
@@ -119,11 +127,13 @@ def deployment(
         history_store.close()
 
 
-def _message(msg_id: str, minutes: int, systolic: int, diastolic: int) -> InboundMessage:
+def _message(
+    msg_id: str, minutes: int, systolic: int, diastolic: int, device: str = DEVICE
+) -> InboundMessage:
     payload = {
         "v": 1,
         "msg_id": msg_id,
-        "device_id": DEVICE,
+        "device_id": device,
         "type": "blood_pressure",
         "measured_at": (T0 + timedelta(minutes=minutes)).isoformat(),
         "systolic": systolic,
@@ -131,7 +141,7 @@ def _message(msg_id: str, minutes: int, systolic: int, diastolic: int) -> Inboun
         "pulse": 70,
     }
     return InboundMessage(
-        f"rpm/devices/{DEVICE}/readings", json.dumps(payload).encode(), minutes + 1, 1, 1, T0
+        f"rpm/devices/{device}/readings", json.dumps(payload).encode(), minutes + 1, 1, 1, T0
     )
 
 
@@ -204,3 +214,94 @@ def test_a_failed_decision_waits_for_the_write_before_the_attempt_ends(
     # process() returned only after the write: no write of a failed attempt is still running.
     assert flaky.release.is_set()
     assert flaky.store.readings(PATIENT, T0, T0 + timedelta(hours=1))[0].reading.msg_id == "normal-2"
+
+
+def _ids(readings: Sequence[StoredReading]) -> list[str]:
+    return [s.reading.msg_id for s in readings]
+
+
+def test_a_critical_reading_is_stored_and_alerted_before_the_rest_of_its_batch(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
+) -> None:
+    pipeline, flaky, db = deployment
+    writes: list[tuple[list[str], int]] = []  # each write's readings, and the severe alerts by then
+    flaky.before_write = lambda readings: writes.append((_ids(readings), len(_severe_alerts(db))))
+    batch = [
+        _message("other-0", 0, 120, 80, OTHER_DEVICE),
+        _message("own-1", 1, 125, 82),
+        _message("other-2", 2, 121, 79, OTHER_DEVICE),
+        _message("own-severe-3", 3, 205, 125),
+    ]
+    result = pipeline.process(batch)
+    # The critical reading's patient first, with all of that patient's readings, in batch order; the
+    # rest is written only once the alert is committed.
+    assert writes == [(["own-1", "own-severe-3"], 0), (["other-0", "other-2"], 1)]
+    assert sorted(_ids(result.stored)) == ["other-0", "other-2", "own-1", "own-severe-3"]
+    [alert] = _severe_alerts(db)
+    assert alert.reading_count == 1
+
+
+def test_a_batch_without_a_critical_reading_is_written_in_one_piece(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
+) -> None:
+    pipeline, flaky, db = deployment
+    writes: list[list[str]] = []
+    flaky.before_write = lambda readings: writes.append(_ids(readings))
+    pipeline.process(
+        [
+            _message("other-0", 0, 150, 95, OTHER_DEVICE),
+            _message("own-1", 1, 170, 110),  # high, not severe
+            _message("other-2", 2, 121, 79, OTHER_DEVICE),
+        ]
+    )
+    assert writes == [["other-0", "own-1", "other-2"]]
+    assert _severe_alerts(db) == []
+
+
+def test_when_the_rest_fails_the_retry_stores_it_and_alerts_nobody_twice(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
+) -> None:
+    pipeline, flaky, db = deployment
+    batch = [_message("other-0", 0, 120, 80, OTHER_DEVICE), _message("own-severe-1", 1, 205, 125)]
+
+    def influx_down_for_the_rest(readings: Sequence[StoredReading]) -> None:
+        if "other-0" in _ids(readings):
+            raise StorageUnavailable("injected: InfluxDB went away after the first part")
+
+    flaky.before_write = influx_down_for_the_rest
+    with pytest.raises(StorageUnavailable):
+        pipeline.process(batch)
+    assert len(_severe_alerts(db)) == 1  # the doctor is alerted although the batch is not done
+    flaky.before_write = None
+    again = pipeline.process(batch)  # the gateway retries the whole batch (nothing was acknowledged)
+    assert sorted(_ids(again.stored)) == ["other-0", "own-severe-1"]
+    [alert] = _severe_alerts(db)
+    assert alert.reading_count == 1
+
+
+def test_a_refusal_in_the_rest_restages_only_the_rest(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline, flaky, _ = deployment
+    rules = pipeline._rules
+    assert rules is not None
+    staged: list[list[str]] = []
+    stage = rules.stage
+
+    def recording_stage(batch: Sequence[StoredReading]) -> object:
+        staged.append(_ids(batch))
+        return stage(batch)
+
+    monkeypatch.setattr(rules, "stage", recording_stage)
+    flaky.refused = {"other-refused"}
+    result = pipeline.process(
+        [
+            _message("other-0", 0, 120, 80, OTHER_DEVICE),
+            _message("other-refused", 1, 121, 80, OTHER_DEVICE),
+            _message("own-severe-2", 2, 205, 125),
+        ]
+    )
+    assert sorted(_ids(result.stored)) == ["other-0", "own-severe-2"]
+    assert [q.reason for q in result.quarantined] == ["store_rejected"]
+    # Each stored reading is decided once: the first part's is not staged again with the rest's.
+    assert staged == [["own-severe-2"], ["other-0", "other-refused"], ["other-0"]]
