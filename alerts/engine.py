@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,7 +23,6 @@ from alerts.history import BatchHistory, RecentReadings
 from alerts.lifecycle import ApplyResult, apply
 from alerts.model import Decision, ReadingView
 from alerts.rules import Series, critical_by_value, evaluate_series
-from alerts.tables import Alert
 from alerts.threshold_store import ThresholdCache
 from alerts.thresholds import Thresholds
 from alerts.timerules import ActivityCache, record_activity
@@ -152,11 +150,10 @@ class AlertEngine:
                     now,
                     cache=self._activity,
                 )
-                opened = _rules_and_severities(session, applied.opened)
         except DBAPIError as exc:
             raise AlertStoreUnavailable(f"could not record alerts: {str(exc.orig)[:300]}") from exc
         self._activity.remember(activity)  # committed: only now may later batches skip these rows
-        metrics.record_alerts_opened(opened)
+        metrics.record_alerts_opened(applied.opened_rules)
         return EngineResult(prepared.decisions, applied)
 
     def forget(self, batch: Sequence[StoredReading]) -> None:
@@ -186,11 +183,3 @@ class AlertEngine:
                 )
             )
         return decisions
-
-
-def _rules_and_severities(session: Session, alert_ids: Sequence[int]) -> list[tuple[str, str]]:
-    """(rule, severity) of newly opened alerts, for the metrics (one query, only when any opened)."""
-    if not alert_ids:
-        return []
-    rows = session.execute(select(Alert.rule, Alert.severity).where(Alert.id.in_(alert_ids)))
-    return [(rule, severity) for rule, severity in rows]

@@ -58,9 +58,11 @@ AlertState = Literal["open", "all"]
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
-    """What `apply` did: alert ids opened, attached to, upgraded and cleared, and texts enqueued."""
+    """What `apply` did: alert ids opened, attached to, upgraded and cleared, and texts enqueued;
+    `opened_rules` is (rule, severity) of each opened alert as the batch left it (for the metrics)."""
 
     opened: tuple[int, ...] = ()
+    opened_rules: tuple[tuple[str, str], ...] = ()
     attached: tuple[int, ...] = ()
     upgraded: tuple[int, ...] = ()
     cleared: tuple[int, ...] = ()
@@ -69,7 +71,7 @@ class ApplyResult:
 
 @dataclass(slots=True)
 class _Tally:
-    opened: list[int] = field(default_factory=list)
+    opened: list[Alert] = field(default_factory=list)
     attached: list[int] = field(default_factory=list)
     upgraded: list[int] = field(default_factory=list)
     cleared: list[int] = field(default_factory=list)
@@ -77,7 +79,8 @@ class _Tally:
 
     def result(self) -> ApplyResult:
         return ApplyResult(
-            opened=tuple(self.opened),
+            opened=tuple(alert.id for alert in self.opened),
+            opened_rules=tuple((alert.rule, alert.severity) for alert in self.opened),
             attached=tuple(self.attached),
             upgraded=tuple(self.upgraded),
             cleared=tuple(self.cleared),
@@ -232,7 +235,7 @@ def _breach(ctx: _Context, d: Decision) -> None:
     if alert is None:
         alert, opened = _open(ctx, d)
         if opened:
-            ctx.tally.opened.append(alert.id)
+            ctx.tally.opened.append(alert)
             _notify_new(ctx, alert, d, purpose_suffix="")
             return
         if d.msg_id is not None and (d.patient_id, d.family.value, d.msg_id) in _applied(
@@ -259,6 +262,8 @@ def _open(ctx: _Context, d: Decision) -> tuple[Alert, bool]:
         late=d.late,
         threshold_version=ctx.versions.get(d.patient_id, "clinic"),
         escalation_level=0,
+        # Set here, not by `_notify_new` after the insert: one UPDATE less in the alert's transaction.
+        next_escalation_at=_escalation_starts(ctx, d),
     )
     _set_confirmation(alert, d)
     try:
@@ -450,9 +455,7 @@ def _notify_new(ctx: _Context, alert: Alert, d: Decision, *, purpose_suffix: str
     if severity is not Severity.CRITICAL:
         return
     if alert.next_escalation_at is None and alert.escalation_level == 0:
-        alert.next_escalation_at = ctx.now + timedelta(
-            minutes=ctx.settings.escalate_responsible_after_minutes
-        )
+        alert.next_escalation_at = _escalation_starts(ctx, d)
     purpose = f"alert{purpose_suffix}"
     doctor = responsible_doctor(ctx.session, patient.id)
     if doctor is not None:
@@ -468,6 +471,13 @@ def _notify_new(ctx: _Context, alert: Alert, d: Decision, *, purpose_suffix: str
         ctx.tally.notifications += _send_staff(
             ctx.session, alert, patient, staff, "staff_alert", purpose, now=ctx.now
         )
+
+
+def _escalation_starts(ctx: _Context, d: Decision) -> datetime | None:
+    """When an unacknowledged alert of this decision is first escalated: critical ones only, not late."""
+    if d.late or d.severity is not Severity.CRITICAL:
+        return None
+    return ctx.now + timedelta(minutes=ctx.settings.escalate_responsible_after_minutes)
 
 
 def advice_params(d: Decision) -> dict[str, object] | None:

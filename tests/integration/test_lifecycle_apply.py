@@ -104,6 +104,30 @@ def test_high_bp_alert_is_upgraded_by_a_severe_breach(migrated_db: MigratedDb) -
     assert "188/112" in advice.body and advice.critical
 
 
+def test_a_new_critical_alert_escalates_15_minutes_after_it_opened(migrated_db: MigratedDb) -> None:
+    sessions = migrated_db.sessions
+    setup_clinic(sessions)
+    result = run(sessions, severe("m1", T0), now=T0 + MIN)
+
+    [alert] = alerts_of(sessions)
+    assert result.opened == (alert.id,)
+    assert result.opened_rules == (("severe_bp", "critical"),)
+    assert alert.next_escalation_at == T0 + MIN + timedelta(minutes=15)
+
+
+def test_an_alert_opened_and_upgraded_in_one_batch_is_counted_as_the_batch_left_it(
+    migrated_db: MigratedDb,
+) -> None:
+    sessions = migrated_db.sessions
+    setup_clinic(sessions)
+    result = run(sessions, bp("m1", T0, 165, 95), severe("m2", T0 + 10 * MIN, 190, 115), now=T0 + 11 * MIN)
+
+    [alert] = alerts_of(sessions)
+    assert result.opened == (alert.id,) and result.upgraded == (alert.id,)
+    assert result.opened_rules == (("severe_bp", "critical"),)  # what the metrics count it as
+    assert alert.next_escalation_at == T0 + 11 * MIN + timedelta(minutes=15)
+
+
 def test_a_lesser_breach_attaches_to_the_severe_alert_without_downgrading(migrated_db: MigratedDb) -> None:
     sessions = migrated_db.sessions
     setup_clinic(sessions)
