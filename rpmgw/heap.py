@@ -19,7 +19,8 @@ it again: pauses of 20-90 ms (young generations) and 80-160 ms (full collections
 seconds, at a point where the caller holds no reference cycle it will drop later, `tidy()` collects
 everything not frozen (only what has come since the last time) and freezes what survived. A frozen
 object is still freed when its last reference goes; only a frozen reference cycle would stay for good,
-which is why the collection comes first and why the caller chooses the moment.
+which is why the collection comes first and why the caller chooses the moment. (Connections replaced
+after PostgreSQL or InfluxDB drop them leave no such cycle: tests/integration/test_heap_connections.py.)
 """
 
 from __future__ import annotations
