@@ -91,14 +91,18 @@ class AlertEngine:
         return self.commit(self.prepare(self.stage(batch)))
 
     def urgent(self, stored: StoredReading) -> bool:
-        """Whether the reading's value alone breaches a critical rule under the clinic's thresholds.
+        """Whether the reading's value alone breaches a critical rule under the clinic's thresholds, and
+        it is not late (a late reading texts nobody: there is nothing to hurry for).
 
         The gateway stores and decides such readings (with the rest of their patient's batch) before
         the rest of the batch. A patient's own thresholds are not read here (that needs the database):
         a reading critical only under stricter ones of the patient's is decided with the rest of the
         batch, as every reading was before.
         """
-        return critical_by_value(self._clinic, stored.reading)
+        return (
+            critical_by_value(self._clinic, stored.reading)
+            and self._clock() - stored.reading.measured_at <= self._late_after
+        )
 
     def stage(self, batch: Sequence[StoredReading]) -> StagedBatch:
         """The batch patients' history, with the batch's readings joined to it (the history cache).

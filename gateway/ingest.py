@@ -9,7 +9,8 @@ a writer thread while this thread prepares the decisions, and they are committed
 once the write has succeeded, as before (an alert never stands for a reading the store does not hold).
 
 Critical readings first: the patients of a batch with a reading whose value alone breaches a critical
-rule (`RulesStep.urgent`) are stored, decided and committed as a part of their own, before the rest of
+rule and that is not late (`RulesStep.urgent`: a late one texts nobody, as in a backlog drained after an
+outage) are stored, decided and committed as a part of their own, before the rest of
 the batch. A 200/125 in a batch of 300 normal readings then waits for one small write and one small
 transaction, not for the batch's (bench: the tail of the alert latency was such batches, after a stall
 had let the queue grow). A patient's readings all stay in the same part, in batch order, so the rules

@@ -258,6 +258,19 @@ def test_a_batch_without_a_critical_reading_is_written_in_one_piece(
     assert _severe_alerts(db) == []
 
 
+def test_a_late_critical_reading_waits_its_turn(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
+) -> None:
+    # Measured more than an hour before the gateway's clock: late, so nobody is texted, nothing to hurry.
+    pipeline, flaky, db = deployment
+    writes: list[list[str]] = []
+    flaky.before_write = lambda readings: writes.append(_ids(readings))
+    pipeline.process([_message("other-0", 0, 120, 80, OTHER_DEVICE), _message("own-late", -120, 205, 125)])
+    assert writes == [["other-0", "own-late"]]
+    [alert] = _severe_alerts(db)
+    assert alert.late
+
+
 def test_when_the_rest_fails_the_retry_stores_it_and_alerts_nobody_twice(
     deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
 ) -> None:
