@@ -25,6 +25,13 @@ PARTS = ("limits", "drain", "scaleout", "ramp", "alerts", "web")
 @click.command()
 @click.option("--readings", default=100_000, show_default=True, help="Backlog size (QoS 1 messages).")
 @click.option("--invalid", default=0.01, show_default=True, help="Share of malformed messages in it.")
+@click.option(
+    "--critical",
+    type=click.FloatRange(min=0.0, max=1.0),
+    default=0.01,
+    show_default=True,
+    help="Share of severe blood-pressure readings in it (they open alerts; none may open twice).",
+)
 @click.option("--devices", default=1_000, show_default=True, help="Enrolled devices the readings come from.")
 @click.option(
     "--parts",
@@ -84,6 +91,7 @@ PARTS = ("limits", "drain", "scaleout", "ramp", "alerts", "web")
 def bench(
     readings: int,
     invalid: float,
+    critical: float,
     devices: int,
     parts: str,
     database_url: str | None,
@@ -133,6 +141,7 @@ def bench(
         "config": {
             "readings": readings,
             "invalid": invalid,
+            "critical": critical,
             "devices": devices,
             "parts": wanted,
             "background_rate": background_rate,
@@ -144,7 +153,7 @@ def bench(
     click.echo(f"bench: servers and logs under {root}", err=True)
     env = BenchEnv.start(root, devices=devices, db_url=database_url)
     try:
-        workload = backlog_workload(readings, devices, invalid)
+        workload = backlog_workload(readings, devices, invalid, critical)
         # The bench times things itself (probe polls, publish ticks): a full collection walking the
         # workload's 100,000 messages paused it for up to 0.09 s and added that to a probe's latency.
         heap.settle()

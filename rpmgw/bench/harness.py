@@ -24,8 +24,10 @@ import requests
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from sqlalchemy import func, insert, select
+from sqlalchemy import delete, func, insert, select
 
+from alerts.notify.tables import OutboxMessage
+from alerts.tables import Acknowledgement, Alert, AlertEvent
 from gateway.mqtt import BurstClient
 from rpmgw.bench.errors import BenchError
 from rpmgw.db import make_engine, session_factory, upgrade
@@ -83,9 +85,12 @@ class Workload:
     valid: int
 
 
-def backlog_workload(count: int, devices: int, invalid_ratio: float, seed: int = 7) -> Workload:
+def backlog_workload(
+    count: int, devices: int, invalid_ratio: float, critical_ratio: float = 0.0, seed: int = 7
+) -> Workload:
     """`count` readings spread over `devices` devices and the last 7 days; every 1/`invalid_ratio`-th
-    message is malformed (quarantined as not JSON)."""
+    message is malformed (quarantined as not JSON), and about a `critical_ratio` share of the readings
+    are severe blood pressure (they open alerts: whether any is opened twice is then worth asking)."""
     rng = random.Random(seed)
     now = datetime.now(UTC)
     every = round(1 / invalid_ratio) if invalid_ratio > 0 else 0
@@ -99,7 +104,11 @@ def backlog_workload(count: int, devices: int, invalid_ratio: float, seed: int =
             invalid += 1
             continue
         measured = now - timedelta(minutes=rng.uniform(5, 7 * 24 * 60))
-        messages.append((topic, bp_payload(device, measured, rng.randint(105, 135), rng.randint(65, 85))))
+        if rng.random() < critical_ratio:
+            pressure = (rng.randint(180, 210), rng.randint(100, 125))
+        else:
+            pressure = (rng.randint(105, 135), rng.randint(65, 85))
+        messages.append((topic, bp_payload(device, measured, *pressure)))
     return Workload(messages, count - invalid)
 
 
@@ -257,6 +266,22 @@ class BenchEnv:
                         for i in chunk
                     ],
                 )
+
+    def reset_alerts(self) -> None:
+        """Delete every alert with its events, acknowledgement and texts: the drains' severe readings
+        open alerts of the enrolled patients, and each part starts with none, as it did before they did."""
+        sessions = session_factory(make_engine(self.db_url))
+        with sessions.begin() as session:
+            session.execute(delete(Acknowledgement))
+            session.execute(delete(AlertEvent))
+            session.execute(delete(OutboxMessage))
+            session.execute(delete(Alert))
+
+    def alerts(self) -> int:
+        """Rows in the alerts table."""
+        sessions = session_factory(make_engine(self.db_url))
+        with sessions() as session:
+            return int(session.scalar(select(func.count()).select_from(Alert)) or 0)
 
     def quarantined(self) -> int:
         """Rows in the quarantine table."""

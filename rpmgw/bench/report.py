@@ -40,7 +40,8 @@ def render_table(results: Mapping[str, object]) -> str:
                 f"{drain['readings_per_s']:,} readings/s",
                 f"{drain['messages']:,} msgs in {drain['drain_s']} s; CPU {drain['cpu_percent']} % per process; "
                 f"peak RSS {drain['peak_rss_mib']} MiB; lost {drain['lost']}, doubled {drain['doubled']}, "
-                f"quarantined {drain['quarantined']}, alerts doubled {drain['alerts_doubled']}",
+                f"quarantined {drain['quarantined']}, alerts {drain.get('alerts', '?')}, "
+                f"doubled {drain['alerts_doubled']}",
             )
         )
     ratios = results.get("ratios")

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from rpmgw.bench.harness import backlog_workload
+
 pytestmark = pytest.mark.slow
 
 
@@ -29,6 +31,14 @@ def _bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
     return json.loads(out.read_text()), run.stdout
 
 
+def _json(payload: bytes) -> dict[str, Any] | None:
+    try:
+        document: dict[str, Any] = json.loads(payload)
+    except json.JSONDecodeError:
+        return None  # one of the malformed ones
+    return document
+
+
 def test_bench_runs_a_tiny_configuration_and_writes_the_json(tmp_path: Path) -> None:
     results, stdout = _bench(
         tmp_path, "--readings", "2000", "--devices", "40", "--parts", "limits,drain,scaleout"
@@ -39,12 +49,18 @@ def test_bench_runs_a_tiny_configuration_and_writes_the_json(tmp_path: Path) -> 
         2000,
     )
     assert results["influx_write"]["points"] == 1980
+    # The backlog's severe readings (1 % by default) open one alert per patient that has any: the
+    # doubled-alert count is asked of those, with two gateways opening them side by side.
+    readings = [_json(payload) for _, payload in backlog_workload(2000, 40, 0.01, 0.01).messages]
+    severe = {r["device_id"] for r in readings if r is not None and r["systolic"] >= 180}
+    assert severe
     for key, processes in (("drain_1", 1), ("drain_2", 2)):
         drain = results[key]
         assert drain["processes"] == processes
         assert drain["valid"] == 1980
         assert drain["stored_distinct"] == 1980
         assert (drain["lost"], drain["doubled"], drain["alerts_doubled"]) == (0, 0, 0)
+        assert drain["alerts"] == len(severe)
         assert drain["quarantined"] == 20
         for field in ("readings_per_s", "cpu_percent", "peak_rss_mib", "drain_s"):
             assert drain[field] > 0, field
