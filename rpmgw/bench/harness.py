@@ -277,11 +277,12 @@ class BenchEnv:
             session.execute(delete(OutboxMessage))
             session.execute(delete(Alert))
 
-    def alerts(self) -> int:
-        """Rows in the alerts table."""
+    def alerts(self) -> dict[str, int]:
+        """Rows in the alerts table, by rule."""
         sessions = session_factory(make_engine(self.db_url))
         with sessions() as session:
-            return int(session.scalar(select(func.count()).select_from(Alert)) or 0)
+            rows = session.execute(select(Alert.rule, func.count()).group_by(Alert.rule)).all()
+        return {rule: int(count) for rule, count in sorted(rows)}
 
     def quarantined(self) -> int:
         """Rows in the quarantine table."""

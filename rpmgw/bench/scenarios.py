@@ -32,7 +32,7 @@ from rpmgw.bench.harness import (
 from rpmgw.db import make_engine, session_factory
 from rpmgw.settings import InfluxSettings
 
-Figures = dict[str, float | int | str]
+Figures = dict[str, float | int | str | dict[str, int]]
 SHARED_TOPIC = "$share/rpmgw-bench/rpm/devices/+/readings"
 
 
@@ -126,7 +126,8 @@ def integrity(env: BenchEnv, database: str, *, expected: int, quarantined_before
         "lost": max(0, expected - len(counts)),
         "doubled": sum(1 for n in counts.values() if n > 1),
         "quarantined": env.quarantined() - quarantined_before,
-        "alerts": env.alerts(),  # what the doubled count was asked of
+        "alerts_by_rule": (by_rule := env.alerts()),  # what the doubled count was asked of
+        "alerts": sum(by_rule.values()),
         "alerts_doubled": _doubled_alerts(env),
     }
 

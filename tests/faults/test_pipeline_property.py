@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -23,11 +23,11 @@ from gateway.mqtt import InboundMessage
 from gateway.quarantine import Quarantine
 from gateway.ratelimit import DeviceRateLimiter
 from gateway.registry import EnrolmentRegistry
-from gateway.timeseries.base import ReadingType, StoredReading, StoreSummary
 from gateway.wire import WireLimits
 from rpmgw.admin import add_patient, enrol_device
 from rpmgw.db import make_engine, session_factory, upgrade
 from rpmgw.models import QuarantinedMessage
+from tests.fakes.memory_store import MemoryStore
 from tests.unit.test_wire_fuzz import NOW, blood_pressure, glucose, mutated_payloads, topics, valid_messages
 
 ENROLLED = ("bp-enrolled-1", "gl-enrolled-2")
@@ -45,40 +45,6 @@ REASONS = {
 PROPERTY = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-
-
-class MemoryStore:
-    """An in-memory ReadingStore: one point per (type, msg_id), like the InfluxDB schema."""
-
-    def __init__(self) -> None:
-        self.points: dict[tuple[str, str], StoredReading] = {}
-        self.writes = 0
-
-    def ensure_ready(self) -> None:
-        """Nothing to prepare."""
-
-    def write(self, readings: Sequence[StoredReading]) -> None:
-        """Keep every reading, overwriting an earlier point of the same msg_id."""
-        self.writes += len(readings)
-        for stored in readings:
-            self.points[(stored.reading.type, stored.reading.msg_id)] = stored
-
-    def readings(
-        self, patient_id: str, start: datetime, end: datetime, type: ReadingType | None = None
-    ) -> list[StoredReading]:
-        """Not used by the pipeline."""
-        return []
-
-    def recent(self, patient_ids: Sequence[str], since: datetime) -> dict[str, list[StoredReading]]:
-        """Not used by the pipeline."""
-        return {}
-
-    def summary(self) -> StoreSummary:
-        """Not used by the pipeline."""
-        return StoreSummary(counts={}, last_measured_at=None)
-
-    def close(self) -> None:
-        """Nothing to release."""
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import json
 import shutil
 import uuid
 from collections import Counter
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,52 +32,17 @@ from gateway.ingest import IngestPipeline
 from gateway.mqtt import InboundMessage
 from gateway.quarantine import Quarantine
 from gateway.registry import EnrolmentRegistry
-from gateway.timeseries.base import ReadingType, StoredReading, StoreSummary
+from gateway.timeseries.base import StoredReading
 from gateway.wire import WireLimits
 from rpmgw.admin import add_patient, enrol_device
 from rpmgw.db import make_engine, session_factory, upgrade
 from rpmgw.settings import AlertsSettings
+from tests.fakes.memory_store import MemoryStore
 
 NOW = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
 BP_DEVICES = ("bp-first-1", "bp-first-2", "bp-first-3")
 GLUCOSE_DEVICE = "gl-first-4"
 DEVICES = (*BP_DEVICES, GLUCOSE_DEVICE)
-
-
-class MemoryStore:
-    """An in-memory store: one point per (type, msg_id), as in InfluxDB; `recent` answers from it."""
-
-    def __init__(self) -> None:
-        self.points: dict[tuple[str, str], StoredReading] = {}
-
-    def ensure_ready(self) -> None:
-        """Nothing to prepare."""
-
-    def write(self, readings: Sequence[StoredReading]) -> None:
-        for stored in readings:
-            self.points[(stored.reading.type, stored.reading.msg_id)] = stored
-
-    def readings(
-        self, patient_id: str, start: datetime, end: datetime, type: ReadingType | None = None
-    ) -> list[StoredReading]:
-        return [
-            s
-            for s in self.points.values()
-            if s.patient_id == patient_id and start <= s.reading.measured_at < end
-        ]
-
-    def recent(self, patient_ids: Sequence[str], since: datetime) -> dict[str, list[StoredReading]]:
-        found: dict[str, list[StoredReading]] = {p: [] for p in patient_ids}
-        for stored in self.points.values():
-            if stored.patient_id in found and stored.reading.measured_at >= since:
-                found[stored.patient_id].append(stored)
-        return found
-
-    def summary(self) -> StoreSummary:
-        return StoreSummary(counts={}, last_measured_at=None)
-
-    def close(self) -> None:
-        """Nothing to release."""
 
 
 class InOnePiece(AlertEngine):

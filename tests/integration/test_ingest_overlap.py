@@ -220,6 +220,13 @@ def _ids(readings: Sequence[StoredReading]) -> list[str]:
     return [s.reading.msg_id for s in readings]
 
 
+def _recorded_writes(flaky: FlakyStore) -> list[list[str]]:
+    """The msg_ids of each write the store is asked for from now on."""
+    writes: list[list[str]] = []
+    flaky.before_write = lambda readings: writes.append(_ids(readings))
+    return writes
+
+
 def test_a_critical_reading_is_stored_and_alerted_before_the_rest_of_its_batch(
     deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
 ) -> None:
@@ -245,8 +252,7 @@ def test_a_batch_without_a_critical_reading_is_written_in_one_piece(
     deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
 ) -> None:
     pipeline, flaky, db = deployment
-    writes: list[list[str]] = []
-    flaky.before_write = lambda readings: writes.append(_ids(readings))
+    writes = _recorded_writes(flaky)
     pipeline.process(
         [
             _message("other-0", 0, 150, 95, OTHER_DEVICE),
@@ -263,8 +269,7 @@ def test_a_late_critical_reading_waits_its_turn(
 ) -> None:
     # Measured more than an hour before the gateway's clock: late, so nobody is texted, nothing to hurry.
     pipeline, flaky, db = deployment
-    writes: list[list[str]] = []
-    flaky.before_write = lambda readings: writes.append(_ids(readings))
+    writes = _recorded_writes(flaky)
     pipeline.process([_message("other-0", 0, 120, 80, OTHER_DEVICE), _message("own-late", -120, 205, 125)])
     assert writes == [["other-0", "own-late"]]
     [alert] = _severe_alerts(db)
