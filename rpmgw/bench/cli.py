@@ -28,7 +28,7 @@ PARTS = ("limits", "drain", "scaleout", "ramp", "alerts", "web")
 @click.option(
     "--critical",
     type=click.FloatRange(min=0.0, max=1.0),
-    default=0.01,
+    default=0.001,
     show_default=True,
     help="Share of severe blood-pressure readings in it (they open alerts; none may open twice).",
 )

@@ -41,7 +41,15 @@ def _json(payload: bytes) -> dict[str, Any] | None:
 
 def test_bench_runs_a_tiny_configuration_and_writes_the_json(tmp_path: Path) -> None:
     results, stdout = _bench(
-        tmp_path, "--readings", "2000", "--devices", "40", "--parts", "limits,drain,scaleout"
+        tmp_path,
+        "--readings",
+        "2000",
+        "--devices",
+        "40",
+        "--critical",
+        "0.01",
+        "--parts",
+        "limits,drain,scaleout",
     )
     assert results["bare_subscriber"]["messages"] == 2000
     assert (results["bare_gateway_client"]["client"], results["bare_gateway_client"]["messages"]) == (
@@ -49,7 +57,7 @@ def test_bench_runs_a_tiny_configuration_and_writes_the_json(tmp_path: Path) -> 
         2000,
     )
     assert results["influx_write"]["points"] == 1980
-    # The backlog's severe readings (1 % by default) open one alert per patient that has any: the
+    # The backlog's severe readings (1 % here) open one alert per patient that has any: the
     # doubled-alert count is asked of those, with two gateways opening them side by side.
     readings = [_json(payload) for _, payload in backlog_workload(2000, 40, 0.01, 0.01).messages]
     severe = {r["device_id"] for r in readings if r is not None and r["systolic"] >= 180}
