@@ -213,3 +213,38 @@ def test_with_automatic_acks_burst_client_leaves_every_message_to_paho_which_ack
     assert got == [7, 8, 9]
     assert bursts == []
     assert socket.sent == b"".join(bytes([0x40, 2]) + struct.pack("!H", mid) for mid in (7, 8, 9))
+
+
+def _read_until_error(client_class: type[mqtt.Client], stream: bytes) -> tuple[list[int], MQTTErrorCode]:
+    """The packet ids a client delivered from `stream` and the first error its reads returned."""
+    client = client_class(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.manual_ack_set(True)
+    got: list[int] = []
+    client.on_message = lambda _c, _u, m: got.append(m.mid)
+    if isinstance(client, BurstClient):
+        client.on_burst = lambda received: got.extend(mid for _, _, mid, _ in received)
+    client._sock = _Socket(stream, [])  # type: ignore[assignment]
+    for _ in range(20):
+        rc = client.loop_read()
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return got, rc
+    raise AssertionError("no error was reported")
+
+
+def test_a_length_field_longer_than_four_bytes_goes_to_paho_which_reports_it() -> None:
+    # MQTT allows at most 4 bytes of remaining length (2.1.4); a fifth one is a malformed packet. The
+    # burst path must take the good packet before it and leave the bad one to paho, not decode it.
+    topic = b"rpm/devices/d-001/readings"
+    good = (
+        bytes([0x32, 2 + len(topic) + 2 + 1 + 2])
+        + struct.pack("!H", len(topic))
+        + topic
+        + struct.pack("!H", 7)
+        + b"\x00{}"
+    )
+    # Remaining length 6 spelled in five bytes (6, then four continued zeros): a whole PUBLISH of topic
+    # "a", packet id 8, no properties follows, which a decoder reading a fifth length byte would deliver.
+    bad = b"\x32\x86\x80\x80\x80\x00" + b"\x00\x01a\x00\x08\x00"
+    ours = _read_until_error(BurstClient, good + bad)
+    paho = _read_until_error(mqtt.Client, good + bad)
+    assert ours == paho == ([7], MQTTErrorCode.MQTT_ERR_PROTOCOL)
