@@ -5,6 +5,7 @@ Everything lives under one directory and on free ports of 127.0.0.1; `BenchEnv.c
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -24,7 +25,8 @@ import requests
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from alerts.notify.tables import OutboxMessage
 from alerts.tables import Acknowledgement, Alert, AlertEvent
@@ -215,6 +217,16 @@ class BenchEnv:
     # Client ids of the persistent sessions made so far (gateways, bare subscribers): `discard_sessions`.
     sessions: set[str] = field(default_factory=set)
 
+    @functools.cached_property
+    def engine(self) -> Engine:
+        """The database engine of the bench's own queries (one pool for the run; `close` disposes it)."""
+        return make_engine(self.db_url)
+
+    @functools.cached_property
+    def db(self) -> sessionmaker[Session]:
+        """Sessions on `engine`."""
+        return session_factory(self.engine)
+
     @classmethod
     def start(cls, base_dir: Path, *, devices: int, db_url: str | None) -> BenchEnv:
         """Start a broker and InfluxDB under `base_dir`, migrate the database, enrol `devices` devices."""
@@ -233,14 +245,14 @@ class BenchEnv:
 
     def enrol(self, devices: int) -> None:
         """Patients bench-p*, devices bench-d* 0..devices-1, one enrolment each (skips those present)."""
-        sessions = session_factory(make_engine(self.db_url))
+        sessions = self.db
         with sessions() as session:
             have = session.scalar(select(func.count()).select_from(Device).where(Device.id.like("bench-d%")))
         self.enrol_range(min(int(have or 0), devices), devices)
 
     def enrol_range(self, start: int, stop: int, *, days_ago: float = 400) -> None:
         """Patients, devices and enrolments for indices start..stop-1 (bulk inserts), enrolled `days_ago`."""
-        sessions = session_factory(make_engine(self.db_url))
+        sessions = self.db
         since = datetime.now(UTC) - timedelta(days=days_ago)
         with sessions.begin() as session:
             for chunk in _chunks(range(start, stop), 5_000):
@@ -270,7 +282,7 @@ class BenchEnv:
     def reset_alerts(self) -> None:
         """Delete every alert with its events, acknowledgement and texts: the drains' severe readings
         open alerts of the enrolled patients, and each part starts with none, as it did before they did."""
-        sessions = session_factory(make_engine(self.db_url))
+        sessions = self.db
         with sessions.begin() as session:
             session.execute(delete(Acknowledgement))
             session.execute(delete(AlertEvent))
@@ -279,14 +291,14 @@ class BenchEnv:
 
     def alerts(self) -> dict[str, int]:
         """Rows in the alerts table, by rule."""
-        sessions = session_factory(make_engine(self.db_url))
+        sessions = self.db
         with sessions() as session:
             rows = session.execute(select(Alert.rule, func.count()).group_by(Alert.rule)).all()
         return {rule: int(count) for rule, count in sorted(rows)}
 
     def quarantined(self) -> int:
         """Rows in the quarantine table."""
-        sessions = session_factory(make_engine(self.db_url))
+        sessions = self.db
         with sessions() as session:
             return int(session.scalar(select(func.count()).select_from(QuarantinedMessage)) or 0)
 
@@ -390,6 +402,8 @@ class BenchEnv:
         """Stop every process and server the bench started."""
         for process in self.processes:
             process.stop(timeout=30)
+        if "engine" in self.__dict__:
+            self.engine.dispose()
         self.influx.stop()
         self.broker.stop()
 

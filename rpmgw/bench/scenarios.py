@@ -29,7 +29,6 @@ from rpmgw.bench.harness import (
     proc_peak_rss_mib,
     wait_for,
 )
-from rpmgw.db import make_engine, session_factory
 from rpmgw.settings import InfluxSettings
 
 Figures = dict[str, float | int | str | dict[str, int]]
@@ -134,7 +133,7 @@ def integrity(env: BenchEnv, database: str, *, expected: int, quarantined_before
 
 def _doubled_alerts(env: BenchEnv) -> int:
     """Open alerts of one patient and rule more than once (the lifecycle allows one open episode)."""
-    sessions = session_factory(make_engine(env.db_url))
+    sessions = env.db
     with sessions() as session:
         rows = session.execute(
             select(Alert.patient_id, Alert.rule, func.count())

@@ -37,7 +37,6 @@ from gateway.wire import Rejection, parse
 from rpmgw.bench.errors import BenchError
 from rpmgw.bench.harness import BenchEnv, bp_payload, device_id, patient_id, wait_for
 from rpmgw.bench.latency import percentiles
-from rpmgw.db import make_engine, session_factory
 from rpmgw.servers import free_port
 from rpmgw.settings import AlertsSettings, InfluxSettings
 from web import accounts
@@ -136,7 +135,7 @@ def _seed_staff_and_alerts(env: BenchEnv, count: int) -> SeededAlerts:
     if needed > env.devices:
         env.enrol_range(env.devices, needed)  # the patients the alerts need beyond the enrolled devices
     team_size = max(env.devices, needed)
-    sessions = session_factory(make_engine(env.db_url))
+    sessions = env.db
     now = datetime.now(UTC)
     with sessions.begin() as session:
         member = staff_admin.add_staff(
