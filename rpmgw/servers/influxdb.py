@@ -47,6 +47,9 @@ bind-address = {_toml_string(f"127.0.0.1:{rpc_port}")}
   dir = {_toml_string(str(base_dir / "data"))}
   wal-dir = {_toml_string(str(base_dir / "wal"))}
   query-log-enabled = false
+  # 1.x refuses points that bring a tag key past 100,000 values by default ("partial write:
+  # max-values-per-tag limit exceeded"): the 100,001st device or patient would never be stored.
+  max-values-per-tag = 0
 
 [monitor]
   store-enabled = false

@@ -145,6 +145,32 @@ def test_large_batches_go_in_chunks_and_all_arrive(influx_settings: InfluxSettin
     assert set(counts.values()) == {1}
 
 
+def test_readings_of_more_than_100000_devices_are_all_stored(influx_settings: InfluxSettings) -> None:
+    # InfluxDB 1.x's default max-values-per-tag (100,000) would refuse the devices and patients past it:
+    # a region's 100,001st patient stored nothing. The project's server lifts that limit.
+    devices = 100_001
+    first = bp("seed", T0, device_id="bp-0")
+    with InfluxV1Store(influx_settings) as store:
+        store.ensure_ready()
+        batch = [
+            StoredReading(
+                f"p-{i}",
+                first.model_copy(
+                    update={
+                        "msg_id": f"m-{i}",
+                        "device_id": f"bp-{i}",
+                        "measured_at": T0 + timedelta(milliseconds=i),
+                    }
+                ),
+            )
+            for i in range(devices)
+        ]
+        store.write(batch)
+        counts = store.msg_id_counts("blood_pressure")
+        assert len(counts) == devices
+        assert all_of(store, f"p-{devices - 1}")[0].reading.device_id == f"bp-{devices - 1}"
+
+
 class RecordingSession(requests.Session):
     """A real session that also notes how many lines each /write request carried."""
 
