@@ -3,8 +3,8 @@
 `stage` joins the batch to its patients' history (reading InfluxDB for patients not cached), `prepare`
 reads the thresholds and decides, `commit` applies the decisions and records the batch's activity in
 one database transaction. The gateway stages before it writes the batch to InfluxDB, prepares while the
-write runs and commits once the batch is stored, before it acknowledges the MQTT messages, so a crash
-re-evaluates rather than forgets; re-evaluating a reading is a no-op in the lifecycle (it keys on
+write runs and commits once the batch is stored (the part with a critical reading: while it is being
+stored), before it acknowledges the MQTT messages, so a crash re-evaluates rather than forgets; re-evaluating a reading is a no-op in the lifecycle (it keys on
 msg_id) and in the outbox (idempotency keys). `evaluate` is all three in one call.
 """
 
@@ -116,7 +116,8 @@ class AlertEngine:
 
     def prepare(self, staged: StagedBatch) -> PreparedBatch:
         """The rules' decisions for a staged batch, nothing written (no store access either): the
-        gateway runs this while the batch is being stored, and `commit`s it once the store has it."""
+        gateway runs this while the batch is being stored, and `commit`s it once the store has it (or,
+        for the part with a critical reading, right away: gateway.ingest)."""
         by_patient: dict[str, list[tuple[StoredReading, ReadingView]]] = defaultdict(list)
         for stored, view in zip(staged.batch, staged.history.views, strict=True):
             by_patient[stored.patient_id].append((stored, view))

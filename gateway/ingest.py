@@ -5,8 +5,9 @@ the batch's MQTT messages only after `IngestPipeline.process` returns; if it rai
 acknowledged and the broker redelivers, which the store absorbs (see timeseries.lineprotocol).
 
 Storing is mostly waiting for InfluxDB, so the rules make their decisions meanwhile: the write runs on
-a writer thread while this thread prepares the decisions, and they are committed to the database only
-once the write has succeeded, as before (an alert never stands for a reading the store does not hold).
+a writer thread while this thread prepares the decisions, and they are committed to the database once
+the write has succeeded (an alert never stands for a reading the store does not hold), except for the
+critical part below.
 
 Critical readings first: the patients of a batch with a reading whose value alone breaches a critical
 rule and that is not late (`RulesStep.urgent`: a late one texts nobody, as in a backlog drained after an
@@ -17,6 +18,15 @@ had let the queue grow). A patient's readings all stay in the same part, in batc
 see the same history. The batch is still acknowledged as a whole, after both parts: when the second
 part fails, the gateway retries the whole batch, and the first part's write and decisions are repeated
 without effect (the store and the alert lifecycle both key on msg_id).
+
+The critical part does not wait for InfluxDB: its decisions are committed while its write runs. A
+doctor learns of a 200/125 whether InfluxDB answers in 5 ms or stalls for half a second (bench: the
+slowest alerts waited 0.5 s for such writes while InfluxDB compacted a backlog it had just taken), and
+whether or not InfluxDB then takes the point. The reading itself is not lost either way: its MQTT
+message is acknowledged only once it is stored or, refused by the store for good (a field type
+conflict, a series limit), kept in quarantine; until then the broker redelivers it and re-deciding it
+changes nothing. The alert holds the values it was raised for (`Alert.worst_value_text`, its events'
+msg_id), so it reads the same whether or not the chart could store the point.
 """
 
 from __future__ import annotations
@@ -111,8 +121,8 @@ class IngestPipeline:
         if self._rules is None:
             self._write(resolved, result)
         else:
-            for part in _urgent_first(self._rules, resolved):
-                prepared = self._write_while_preparing(self._rules, part, result)
+            for part, urgent in _urgent_first(self._rules, resolved):
+                prepared = self._write_while_preparing(self._rules, part, result, commit_early=urgent)
                 if prepared is not None:
                     # Rule evaluation: before the ack, so a crash re-evaluates rather than forgets.
                     self._rules.commit(prepared)
@@ -182,21 +192,27 @@ class IngestPipeline:
         rules: RulesStep[Staged, Prepared],
         resolved: list[tuple[InboundMessage, StoredReading]],
         result: BatchResult,
+        *,
+        commit_early: bool = False,
     ) -> Prepared | None:
         """Store the readings on the writer thread while `rules` prepares its decisions on this one.
 
         The rules read the store first (`stage`), before the write starts: a query that runs alongside
         a write can see a point half-written (InfluxDB 1.x: some fields and not others). Returns what
-        to commit (None when nothing was stored). A write that fails for good for some readings falls
-        back to `_write`'s one-by-one path, and the decisions are made again for what was stored; a
-        write that cannot be made now raises, as does a failed `prepare` (after the write has
-        finished: an attempt leaves nothing running).
+        to commit (None when nothing was stored, or when `commit_early` has committed it already: the
+        critical part's decisions are committed while the write runs, not after it). A write that
+        fails for good for some readings falls back to `_write`'s one-by-one path, and the decisions
+        are made again for what was stored (not for a part committed early: its decisions stand, and
+        its refused readings keep their alerts); a write that cannot be made now raises, as does a failed
+        `prepare` or early commit (after the write has finished: an attempt leaves nothing running).
         """
         readings = [stored for _, stored in resolved]
         staged = rules.stage(readings)
         pending = self._writer.submit(self._store.write, readings)
         try:
             prepared = rules.prepare(staged)
+            if commit_early:
+                rules.commit(prepared)
         except BaseException:
             _finish(pending)
             raise
@@ -208,9 +224,9 @@ class IngestPipeline:
             already = len(result.stored)  # an earlier part's readings, decided and committed already
             self._write_one_by_one(resolved, result)
             stored = result.stored[already:]
-            return rules.prepare(rules.stage(stored)) if stored else None
+            return rules.prepare(rules.stage(stored)) if stored and not commit_early else None
         result.stored.extend(readings)
-        return prepared
+        return None if commit_early else prepared
 
     def close(self) -> None:
         """Stop the writer thread (waits for a write in progress)."""
@@ -244,15 +260,16 @@ class IngestPipeline:
 
 def _urgent_first(
     rules: RulesStep[Any, Any], resolved: list[tuple[InboundMessage, StoredReading]]
-) -> list[list[tuple[InboundMessage, StoredReading]]]:
-    """The batch in the parts to store and decide in turn: first every reading of the patients with an
-    urgent reading, then the rest; one part when there is nothing to put first, or nothing after it."""
+) -> list[tuple[list[tuple[InboundMessage, StoredReading]], bool]]:
+    """The batch in the parts to store and decide in turn, each with whether it is the urgent one: first
+    every reading of the patients with an urgent reading, then the rest; one part when there is nothing
+    to put first, or nothing after it."""
     first = {stored.patient_id for _, stored in resolved if rules.urgent(stored)}
     if not first:
-        return [resolved] if resolved else []
+        return [(resolved, False)] if resolved else []
     ahead = [pair for pair in resolved if pair[1].patient_id in first]
     rest = [pair for pair in resolved if pair[1].patient_id not in first]
-    return [ahead, rest] if rest else [ahead]
+    return [(ahead, True), (rest, False)] if rest else [(ahead, True)]
 
 
 def _finish(pending: Future[None]) -> None:

@@ -1,12 +1,14 @@
 """The pipeline stores a batch on its writer thread while the rules decide, and commits the decisions
-only once the store has taken the batch. Real InfluxDB, real database (SQLite and PostgreSQL), the real
-rule engine; only the store's refusals and outages are injected, by a wrapper around the real store.
+only once the store has taken the batch, except for a critical reading's: its patient's part is
+committed while its write runs. Real InfluxDB, real database (SQLite and PostgreSQL), the real rule
+engine; only the store's refusals, outages and stalls are injected, by a wrapper around the real store.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -18,7 +20,7 @@ from alerts.history import RecentReadings
 from alerts.tables import Alert
 from alerts.thresholds import Thresholds
 from gateway.errors import StorageRejected, StorageUnavailable
-from gateway.ingest import IngestPipeline
+from gateway.ingest import BatchResult, IngestPipeline
 from gateway.mqtt import InboundMessage
 from gateway.quarantine import Quarantine
 from gateway.registry import EnrolmentRegistry
@@ -152,35 +154,116 @@ def _severe_alerts(db: MigratedDb) -> list[Alert]:
         )
 
 
+def _high_alerts(db: MigratedDb) -> list[Alert]:
+    """The patient's stage-2 (high, not severe) blood-pressure alerts: decided with the rest of a batch."""
+    with db.sessions() as session:
+        return list(
+            session.scalars(
+                select(Alert).where(
+                    Alert.patient_id == PATIENT, Alert.family == "bp_high", Alert.rule != "severe_bp"
+                )
+            )
+        )
+
+
 def test_a_reading_the_store_refuses_is_quarantined_and_forgotten_by_the_rules(
     deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
 ) -> None:
+    pipeline, flaky, db = deployment
+    # Measured two hours before the gateway's clock: late, so it is decided with the rest of its batch,
+    # after the write. A late severe reading still opens an alert when stored (late, texting nobody).
+    flaky.refused = {"refused-severe"}
+    first = pipeline.process([_message("refused-severe", -90, 200, 125), _message("normal", -89, 120, 80)])
+    assert [s.reading.msg_id for s in first.stored] == ["normal"]
+    assert [(q.reason, q.device_id) for q in first.quarantined] == [("store_rejected", DEVICE)]
+    assert _severe_alerts(db) == []  # no alert for a reading the store does not hold
+    # 10 minutes after the refused one: a repeat of it would confirm. The rules must not remember it.
+    pipeline.process([_message("stored-severe", -80, 200, 125)])
+    [alert] = _severe_alerts(db)
+    assert alert.confirmation == "pending"
+    assert alert.late
+
+
+def test_a_critical_reading_the_store_refuses_is_alerted_and_kept_in_quarantine(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
+) -> None:
+    # The device measured 200/125 half an hour ago: the doctor hears of it whether or not InfluxDB takes
+    # the point (a field type conflict, a series limit); the reading waits in quarantine.
     pipeline, flaky, db = deployment
     flaky.refused = {"refused-severe"}
     first = pipeline.process([_message("refused-severe", 0, 200, 125), _message("normal", 1, 120, 80)])
     assert [s.reading.msg_id for s in first.stored] == ["normal"]
     assert [(q.reason, q.device_id) for q in first.quarantined] == [("store_rejected", DEVICE)]
-    assert _severe_alerts(db) == []  # no alert for a reading the store does not hold
-    # 10 minutes after the refused one: a repeat of it would confirm. The rules must not remember it.
-    pipeline.process([_message("stored-severe", 10, 200, 125)])
     [alert] = _severe_alerts(db)
-    assert alert.confirmation == "pending"
+    assert (alert.reading_count, alert.worst_value_text, alert.late) == (1, "200/125 mmHg", False)
+    # The same batch again (a redelivery) alerts nobody twice.
+    pipeline.process([_message("refused-severe", 0, 200, 125), _message("normal", 1, 120, 80)])
+    [again] = _severe_alerts(db)
+    assert (again.id, again.reading_count) == (alert.id, 1)
 
 
 def test_nothing_is_committed_while_the_store_is_down_and_all_of_it_once_it_is_back(
     deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
 ) -> None:
     pipeline, flaky, db = deployment
-    batch = [_message("severe-1", 0, 200, 125)]
+    # High twice, not critical (DOMAIN.md: >= 160/100 on 2 of the last 3): decided with the batch.
+    batch = [_message("high-1", 0, 170, 105), _message("high-2", 5, 168, 104)]
     flaky.down = True
     with pytest.raises(StorageUnavailable):
         pipeline.process(batch)
-    assert _severe_alerts(db) == []  # decided while the write ran, but not committed
+    assert _high_alerts(db) == []  # decided while the write ran, but not committed
+    flaky.down = False
+    again = pipeline.process(batch)  # the gateway retries the same batch
+    assert [s.reading.msg_id for s in again.stored] == ["high-1", "high-2"]
+    assert len(_high_alerts(db)) == 1
+
+
+def test_a_critical_reading_is_alerted_while_the_store_is_down_and_stored_once_it_is_back(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
+) -> None:
+    pipeline, flaky, db = deployment
+    batch = [_message("severe-1", 0, 200, 125)]
+    flaky.down = True
+    with pytest.raises(StorageUnavailable):
+        pipeline.process(batch)  # nothing acknowledged: the broker keeps the message
+    [alert] = _severe_alerts(db)
+    assert alert.confirmation == "pending"
+    assert flaky.store.readings(PATIENT, T0 - timedelta(hours=1), T0 + timedelta(hours=1)) == []
     flaky.down = False
     again = pipeline.process(batch)  # the gateway retries the same batch
     assert [s.reading.msg_id for s in again.stored] == ["severe-1"]
-    [alert] = _severe_alerts(db)
-    assert alert.confirmation == "pending"
+    [same] = _severe_alerts(db)
+    assert (same.id, same.reading_count) == (alert.id, 1)
+
+
+def test_a_critical_alert_is_committed_while_its_write_stalls(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
+) -> None:
+    # InfluxDB answering a write in half a second or more (compacting a backlog it has just taken) no
+    # longer holds up the alert; the batch still waits for the write before it is acknowledged.
+    pipeline, flaky, db = deployment
+    flaky.release.clear()  # every write blocks until released
+    outcome: list[object] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(
+            pipeline.process(
+                [_message("other-0", 0, 120, 80, OTHER_DEVICE), _message("own-severe", 1, 205, 125)]
+            )
+        )
+    )
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not _severe_alerts(db) and time.monotonic() < deadline:
+            threading.Event().wait(0.02)
+        assert len(_severe_alerts(db)) == 1  # committed while its write is still held
+        assert flaky.writing.is_set() and worker.is_alive() and outcome == []
+    finally:
+        flaky.release.set()
+        worker.join(30)
+    [result] = outcome
+    assert isinstance(result, BatchResult)
+    assert sorted(_ids(result.stored)) == ["other-0", "own-severe"]
 
 
 def test_the_history_is_read_before_the_write_starts_never_alongside_it(
@@ -241,8 +324,9 @@ def test_a_critical_reading_is_stored_and_alerted_before_the_rest_of_its_batch(
     ]
     result = pipeline.process(batch)
     # The critical reading's patient first, with all of that patient's readings, in batch order; the
-    # rest is written only once the alert is committed.
-    assert writes == [(["own-1", "own-severe-3"], 0), (["other-0", "other-2"], 1)]
+    # rest is written only once the alert is committed (the first part's commit runs beside its write).
+    assert [ids for ids, _ in writes] == [["own-1", "own-severe-3"], ["other-0", "other-2"]]
+    assert writes[1][1] == 1
     assert sorted(_ids(result.stored)) == ["other-0", "other-2", "own-1", "own-severe-3"]
     [alert] = _severe_alerts(db)
     assert alert.reading_count == 1
