@@ -6,7 +6,8 @@ oldest are dropped down to nine tenths of it). A patient missing
 from the cache, or cached longer than `ttl` seconds ago, is (re)loaded from the store; patients of one
 batch are loaded in one round trip. With one gateway every reading passes through the cache, so it is
 exact; with several gateways sharing the load, a reading stored by another gateway is seen within `ttl`
-(the gateway picks it: see gateway.service.history_ttl).
+(the gateway picks it: see gateway.service.history_ttl), and the gateway's second look at its own readings
+(gateway.ingest.IngestPipeline.recheck) reloads the history to decide them with the others' in view.
 """
 
 from __future__ import annotations

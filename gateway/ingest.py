@@ -32,6 +32,7 @@ msg_id), so it reads the same whether or not the chart could store the point.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -99,6 +100,8 @@ class IngestPipeline:
         clock: Callable[[], datetime],
         rules: RulesStep[Any, Any] | None = None,
         rate_limiter: DeviceRateLimiter | None = None,
+        recheck_after: float | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._rate_limiter = rate_limiter
         # The batch last limited and its verdicts: a retried batch must not be charged (and judged) twice.
@@ -112,6 +115,12 @@ class IngestPipeline:
         self._quarantine = quarantine
         self._limits = limits
         self._clock = clock
+        # A member of a shared subscription decides again, `recheck_after` seconds later, with the history
+        # reloaded from the store (see `recheck`): the newest reading it stored per patient and type.
+        self._recheck_after = recheck_after if rules is not None else None
+        self._monotonic = monotonic
+        self._to_recheck: dict[tuple[str, str], StoredReading] = {}
+        self._to_recheck_since = 0.0
 
     def process(self, batch: Sequence[InboundMessage]) -> BatchResult:
         """Store what is valid and enrolled, quarantine the rest; raises if either cannot be written."""
@@ -128,7 +137,46 @@ class IngestPipeline:
                     self._rules.commit(prepared)
         if result.quarantined:
             self._quarantine.add_many(result.quarantined)
+        if self._recheck_after is not None:
+            self._note_for_recheck(result.stored)
         return result
+
+    def recheck(self, *, force: bool = False) -> int:
+        """Decide again the newest reading stored per patient and type since the last recheck, with those
+        patients' history reloaded from the store, once `recheck_after` seconds have passed (or now, with
+        `force`); returns how many readings were decided again (0 when none were due).
+
+        For members of a shared subscription. Each member sees only its share of a patient's readings
+        and its history cache trusts what it loaded for a minute, so two readings of one patient taken
+        by two gateways at nearly the same time (a monitor emptying its buffer, two readings a minute
+        apart) can each be decided without the other: 2-of-3 high blood pressure, for one, would then
+        never fire. Rechecking after one's own write sees every reading stored before: of any two
+        readings, the one stored last is decided again with the other in view. Deciding a reading again
+        is a no-op for what was applied already (the lifecycle keys on msg_id). Raises what the store or
+        the database raise; what was due stays noted and is tried again `recheck_after` seconds later.
+        """
+        if self._recheck_after is None or self._rules is None or not self._to_recheck:
+            return 0
+        if not force and self._monotonic() - self._to_recheck_since < self._recheck_after:
+            return 0
+        readings = list(self._to_recheck.values())
+        self._rules.forget(readings)  # reloaded from the store: what the other gateways stored too
+        try:
+            self._rules.commit(self._rules.prepare(self._rules.stage(readings)))
+        except BaseException:
+            self._to_recheck_since = self._monotonic()  # tried again `recheck_after` seconds from now
+            raise
+        self._to_recheck.clear()  # noted meanwhile by no one: batches are processed on this thread too
+        return len(readings)
+
+    def _note_for_recheck(self, stored: Sequence[StoredReading]) -> None:
+        if stored and not self._to_recheck:
+            self._to_recheck_since = self._monotonic()
+        for reading in stored:
+            key = (reading.patient_id, reading.reading.type)
+            noted = self._to_recheck.get(key)
+            if noted is None or reading.reading.measured_at >= noted.reading.measured_at:
+                self._to_recheck[key] = reading
 
     def _decode(self, batch: Sequence[InboundMessage], result: BatchResult) -> list[_Decoded]:
         now = self._clock()

@@ -112,6 +112,7 @@ class Gateway:
                 if batch:
                     self._handle(batch)
                 del batch
+                self._recheck(force=False)
                 if self.between_batches is not None:
                     self.between_batches()
                 if time.monotonic() - last_report >= 10:
@@ -124,6 +125,7 @@ class Gateway:
                 remaining -= len(batch)
                 if not self._handle(batch):
                     break
+            self._recheck(force=True)
             log.info("stopped: flushed the batch in hand and %d queued readings", self.stats.received)
         finally:
             self._consumer.stop()
@@ -212,6 +214,17 @@ class Gateway:
         self.stats.batches += 1
         return True
 
+    def _recheck(self, *, force: bool) -> None:
+        """The pipeline's second look at what it stored (shared subscriptions only); retried when it fails."""
+        try:
+            rechecked = self._pipeline.recheck(force=force)
+        except RETRYABLE as exc:
+            log.warning("could not decide stored readings again (%s); trying again after the next batch", exc)
+            return
+        if rechecked:
+            metrics.READINGS_RECHECKED.inc(rechecked)
+            log.debug("decided %d readings again with their history reloaded", rechecked)
+
     def _report(self) -> None:
         stats = self.stats
         log.info(
@@ -262,6 +275,7 @@ def build_gateway(settings: Settings, *, stop: threading.Event | None = None) ->
         clock=utc_now,
         rules=alert_engine,
         rate_limiter=_rate_limiter(settings),
+        recheck_after=peer_recheck_after(settings),
     )
     return Gateway(
         consumer_factory=lambda deliver: MqttConsumer(settings.mqtt, deliver),
@@ -287,6 +301,16 @@ def history_ttl(topic: str) -> float:
     patient's week every minute (profiled).
     """
     return 60.0 if topic.startswith(("$share/", "$queue/")) else 3600.0
+
+
+def peer_recheck_after(settings: Settings) -> float | None:
+    """Seconds after which a member of a shared subscription decides its readings again (None: never).
+
+    A gateway on a plain subscription sees every reading itself: nothing to recheck.
+    """
+    shared = settings.mqtt.topic.startswith(("$share/", "$queue/"))
+    seconds = settings.gateway.peer_recheck_seconds
+    return seconds if shared and seconds > 0 else None
 
 
 def _rate_limiter(settings: Settings) -> DeviceRateLimiter | None:

@@ -117,6 +117,10 @@ class GatewaySettings(BaseModel):
     registry_cache_size: int = Field(default=100_000, ge=0)
     registry_cache_ttl: float = Field(default=30.0, ge=0)
     storage_retry_max_delay: float = Field(default=30.0, gt=0)
+    # A member of a shared subscription ($share/..., $queue/...) decides the newest reading it stored of
+    # each patient again this many seconds later, with the history reloaded: it then sees what the
+    # other gateways stored meanwhile (gateway.ingest.IngestPipeline.recheck). 0: never.
+    peer_recheck_seconds: float = Field(default=30.0, ge=0, le=3600)
     # Per-device token bucket (readings per second, burst); over it: quarantined as "rate_limited".
     # The burst covers a monitor emptying its offline buffer after days without a connection.
     # Defaults let a load test or a clinic-wide backfill through one device id; tighten per deployment.

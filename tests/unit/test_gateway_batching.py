@@ -11,6 +11,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
+import pytest
+
+from gateway.errors import StorageUnavailable
 from gateway.ingest import BatchResult, IngestPipeline
 from gateway.mqtt import InboundMessage, MqttConsumer
 from gateway.service import Gateway
@@ -119,6 +122,27 @@ def test_history_is_reloaded_often_only_by_members_of_a_shared_subscription() ->
     assert history_ttl("$queue/rpm/devices/+/readings") == 60.0
 
 
+@pytest.mark.parametrize(
+    ("topic", "seconds", "expected"),
+    [
+        ("rpm/devices/+/readings", "30", None),  # sees every reading itself
+        ("$share/rpmgw/rpm/devices/+/readings", "30", 30.0),
+        ("$queue/rpm/devices/+/readings", "7.5", 7.5),
+        ("$share/rpmgw/rpm/devices/+/readings", "0", None),  # turned off
+    ],
+)
+def test_only_members_of_a_shared_subscription_recheck(
+    topic: str, seconds: str, expected: float | None
+) -> None:
+    from gateway.service import peer_recheck_after
+    from rpmgw.settings import Settings
+
+    settings = Settings.model_validate(
+        {"mqtt": {"topic": topic}, "gateway": {"peer_recheck_seconds": seconds}}
+    )
+    assert peer_recheck_after(settings) == expected
+
+
 def test_a_full_queue_holds_paho_back_but_never_blocks_the_shutdown() -> None:
     gateway, consumer = _gateway(batch_size=10, batch_max_wait=1.0, queue_size=3)
     now = datetime.now(UTC)
@@ -158,13 +182,35 @@ def test_a_burst_larger_than_the_room_left_goes_in_as_room_is_made_in_order() ->
 class _Pipeline:
     def __init__(self) -> None:
         self.processed: list[list[int]] = []
+        self.rechecks: list[tuple[int, bool]] = []  # (batches processed by then, force)
+        self.recheck_error: Exception | None = None
 
     def process(self, batch: Sequence[InboundMessage]) -> BatchResult:
         self.processed.append([m.mid for m in batch])
         return BatchResult()
 
+    def recheck(self, *, force: bool = False) -> int:
+        self.rechecks.append((len(self.processed), force))
+        if self.recheck_error is not None:
+            raise self.recheck_error
+        return 0
+
     def close(self) -> None:
         pass
+
+
+def test_the_loop_rechecks_after_each_batch_and_once_more_when_it_stops() -> None:
+    pipeline = _Pipeline()
+    pipeline.recheck_error = StorageUnavailable("injected: InfluxDB unreachable")  # logged, not fatal
+    gateway, consumer = _gateway(batch_size=10, batch_max_wait=0.01, queue_size=100, pipeline=pipeline)
+    gateway.between_batches = lambda: gateway.stop() if pipeline.processed else None
+    consumer.deliver([_message(n, datetime.now(UTC)) for n in range(1, 4)])
+    runner = threading.Thread(target=gateway.run, daemon=True)
+    runner.start()
+    runner.join(30)
+    assert not runner.is_alive(), "the loop did not stop"
+    assert consumer.acked  # the failed recheck did not stop the batch's acknowledgement
+    assert pipeline.rechecks[-2:] == [(1, False), (1, True)]
 
 
 def test_the_loop_calls_between_batches_after_each_batch_is_acknowledged() -> None:
