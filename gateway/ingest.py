@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from typing import Any, Protocol, TypeVar
 
 from gateway.errors import StorageRejected
@@ -48,6 +49,11 @@ from gateway.timeseries.base import ReadingStore, StoredReading
 from gateway.wire import Reading, Rejection, WireLimits, parse, quality_flags
 
 log = logging.getLogger(__name__)
+
+# The recheck (`IngestPipeline.recheck`): readings decided again per call, and noted at most before it
+# is due whatever the time (each noted reading is kept until then).
+RECHECK_CHUNK = 2_000
+RECHECK_MAX_NOTED = 20_000
 
 
 @dataclass(slots=True)
@@ -150,23 +156,29 @@ class IngestPipeline:
         and its history cache trusts what it loaded for a minute, so two readings of one patient taken
         by two gateways at nearly the same time (a monitor emptying its buffer, two readings a minute
         apart) can each be decided without the other: 2-of-3 high blood pressure, for one, would then
-        never fire. Rechecking after one's own write sees every reading stored before: of any two
+        never fire. At most `RECHECK_CHUNK` readings are decided per call (the rest stay due, for the
+        next calls: memory and the pause between batches stay bounded), and once `RECHECK_MAX_NOTED`
+        patients and types are noted they are due at once. Rechecking after one's own write sees every reading stored before: of any two
         readings, the one stored last is decided again with the other in view. Deciding a reading again
         is a no-op for what was applied already (the lifecycle keys on msg_id). Raises what the store or
         the database raise; what was due stays noted and is tried again `recheck_after` seconds later.
         """
         if self._recheck_after is None or self._rules is None or not self._to_recheck:
             return 0
+        if len(self._to_recheck) >= RECHECK_MAX_NOTED:
+            self._to_recheck_since = float("-inf")  # all of it due now, chunk after chunk
         if not force and self._monotonic() - self._to_recheck_since < self._recheck_after:
             return 0
-        readings = list(self._to_recheck.values())
+        keys = list(islice(self._to_recheck, RECHECK_CHUNK))
+        readings = [self._to_recheck[key] for key in keys]
         self._rules.forget(readings)  # reloaded from the store: what the other gateways stored too
         try:
             self._rules.commit(self._rules.prepare(self._rules.stage(readings)))
         except BaseException:
             self._to_recheck_since = self._monotonic()  # tried again `recheck_after` seconds from now
             raise
-        self._to_recheck.clear()  # noted meanwhile by no one: batches are processed on this thread too
+        for key in keys:  # noted meanwhile by no one: batches are processed on this thread too
+            del self._to_recheck[key]
         return len(readings)
 
     def _note_for_recheck(self, stored: Sequence[StoredReading]) -> None:

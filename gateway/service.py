@@ -125,7 +125,8 @@ class Gateway:
                 remaining -= len(batch)
                 if not self._handle(batch):
                     break
-            self._recheck(force=True)
+            while self._recheck(force=True):
+                pass
             log.info("stopped: flushed the batch in hand and %d queued readings", self.stats.received)
         finally:
             self._consumer.stop()
@@ -214,16 +215,18 @@ class Gateway:
         self.stats.batches += 1
         return True
 
-    def _recheck(self, *, force: bool) -> None:
-        """The pipeline's second look at what it stored (shared subscriptions only); retried when it fails."""
+    def _recheck(self, *, force: bool) -> int:
+        """The pipeline's second look at what it stored (shared subscriptions only), one chunk; how many
+        readings it decided again (0 also when it failed: it is tried again later)."""
         try:
             rechecked = self._pipeline.recheck(force=force)
         except RETRYABLE as exc:
-            log.warning("could not decide stored readings again (%s); trying again after the next batch", exc)
-            return
+            log.warning("could not decide stored readings again (%s); trying again later", exc)
+            return 0
         if rechecked:
             metrics.READINGS_RECHECKED.inc(rechecked)
             log.debug("decided %d readings again with their history reloaded", rechecked)
+        return rechecked
 
     def _report(self) -> None:
         stats = self.stats

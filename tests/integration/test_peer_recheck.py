@@ -17,6 +17,7 @@ from alerts.engine import AlertEngine
 from alerts.history import RecentReadings
 from alerts.tables import Alert
 from alerts.thresholds import Thresholds
+from gateway import ingest
 from gateway.ingest import IngestPipeline
 from gateway.mqtt import InboundMessage
 from gateway.quarantine import Quarantine
@@ -28,6 +29,7 @@ from rpmgw.settings import AlertsSettings, InfluxSettings
 from tests.fixtures.db import MigratedDb
 
 DEVICE, PATIENT = "bp-peer-1", "P-PEER-1"
+OTHER_DEVICE, OTHER_PATIENT = "bp-peer-2", "P-PEER-2"
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
 RECHECK_AFTER = 30.0
 
@@ -55,6 +57,10 @@ def two_gateways(
     with migrated_db.sessions.begin() as session:
         add_patient(session, patient_id=PATIENT, display_name="Peer", phone="+79990005001")
         enrol_device(session, device_id=DEVICE, patient_id=PATIENT, valid_from=T0 - timedelta(days=30))
+        add_patient(session, patient_id=OTHER_PATIENT, display_name="Other", phone="+79990005002")
+        enrol_device(
+            session, device_id=OTHER_DEVICE, patient_id=OTHER_PATIENT, valid_from=T0 - timedelta(days=30)
+        )
     ticks = Ticks()
     clock = lambda: T0 + timedelta(minutes=30)  # noqa: E731
     gateways = []
@@ -88,18 +94,20 @@ def two_gateways(
                 store.close()
 
 
-def _message(msg_id: str, minutes: int, systolic: int, diastolic: int) -> InboundMessage:
+def _message(
+    msg_id: str, minutes: int, systolic: int, diastolic: int, device: str = DEVICE
+) -> InboundMessage:
     payload = {
         "v": 1,
         "msg_id": msg_id,
-        "device_id": DEVICE,
+        "device_id": device,
         "type": "blood_pressure",
         "measured_at": (T0 + timedelta(minutes=minutes)).isoformat(),
         "systolic": systolic,
         "diastolic": diastolic,
         "pulse": 70,
     }
-    return InboundMessage(f"rpm/devices/{DEVICE}/readings", json.dumps(payload).encode(), 1, 1, 1, T0)
+    return InboundMessage(f"rpm/devices/{device}/readings", json.dumps(payload).encode(), 1, 1, 1, T0)
 
 
 def _alerts(db: MigratedDb) -> list[tuple[str, bool]]:
@@ -149,6 +157,18 @@ def test_the_second_look_clears_what_a_partial_history_left_open(
     a.pipeline.recheck()
     b.pipeline.recheck()
     assert _alerts(db) == [("high_bp", False)]
+
+
+def test_many_noted_readings_are_due_at_once_and_decided_a_chunk_at_a_time(
+    two_gateways: tuple[Gateway, Gateway, Ticks, MigratedDb], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, _, _, _ = two_gateways
+    monkeypatch.setattr(ingest, "RECHECK_MAX_NOTED", 2)
+    monkeypatch.setattr(ingest, "RECHECK_CHUNK", 1)
+    a.pipeline.process([_message("own-1", 0, 125, 80), _message("own-2", 1, 126, 81)])
+    assert a.pipeline.recheck() == 0  # one patient and type noted (the newer reading): not due yet
+    a.pipeline.process([_message("other-1", 2, 124, 79, OTHER_DEVICE)])
+    assert [a.pipeline.recheck(), a.pipeline.recheck(), a.pipeline.recheck()] == [1, 1, 0]
 
 
 def test_a_plain_subscriber_keeps_nothing_to_recheck(
