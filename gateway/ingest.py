@@ -156,12 +156,14 @@ class IngestPipeline:
         and its history cache trusts what it loaded for a minute, so two readings of one patient taken
         by two gateways at nearly the same time (a monitor emptying its buffer, two readings a minute
         apart) can each be decided without the other: 2-of-3 high blood pressure, for one, would then
-        never fire. At most `RECHECK_CHUNK` readings are decided per call (the rest stay due, for the
-        next calls: memory and the pause between batches stay bounded), and once `RECHECK_MAX_NOTED`
-        patients and types are noted they are due at once. Rechecking after one's own write sees every reading stored before: of any two
+        never fire. Rechecking after one's own write sees every reading stored before: of any two
         readings, the one stored last is decided again with the other in view. Deciding a reading again
-        is a no-op for what was applied already (the lifecycle keys on msg_id). Raises what the store or
-        the database raise; what was due stays noted and is tried again `recheck_after` seconds later.
+        is a no-op for what was applied already (the lifecycle keys on msg_id).
+
+        At most `RECHECK_CHUNK` readings are decided per call (the rest stay due, for the next calls:
+        memory and the pause between batches stay bounded), and once `RECHECK_MAX_NOTED` patients and
+        types are noted they are all due. Raises what the store or the database raise; what was due
+        stays noted and is tried again `recheck_after` seconds later.
         """
         if self._recheck_after is None or self._rules is None or not self._to_recheck:
             return 0
@@ -263,8 +265,9 @@ class IngestPipeline:
         critical part's decisions are committed while the write runs, not after it). A write that
         fails for good for some readings falls back to `_write`'s one-by-one path, and the decisions
         are made again for what was stored (not for a part committed early: its decisions stand, and
-        its refused readings keep their alerts); a write that cannot be made now raises, as does a failed
-        `prepare` or early commit (after the write has finished: an attempt leaves nothing running).
+        its refused readings keep their alerts); a write that cannot be made now raises, as does a
+        failed `prepare` or early commit (after the write has finished: an attempt leaves nothing
+        running).
         """
         readings = [stored for _, stored in resolved]
         staged = rules.stage(readings)
