@@ -29,6 +29,7 @@ from alerts.timerules import ActivityCache, record_activity
 from gateway import metrics
 from gateway.errors import GatewayError
 from gateway.timeseries.base import StoredReading
+from gateway.wire import Reading
 from rpmgw.settings import AlertsSettings
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class AlertEngine:
         """Evaluate every reading of the batch (per patient, oldest first) and apply the decisions."""
         return self.commit(self.prepare(self.stage(batch)))
 
-    def urgent(self, stored: StoredReading) -> bool:
+    def urgent(self, reading: Reading) -> bool:
         """Whether the reading's value alone breaches a critical rule under the clinic's thresholds, and
         it is not late (a late reading texts nobody: there is nothing to hurry for).
 
@@ -100,8 +101,7 @@ class AlertEngine:
         batch, as every reading was before.
         """
         return (
-            critical_by_value(self._clinic, stored.reading)
-            and self._clock() - stored.reading.measured_at <= self._late_after
+            critical_by_value(self._clinic, reading) and self._clock() - reading.measured_at <= self._late_after
         )
 
     def stage(self, batch: Sequence[StoredReading]) -> StagedBatch:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from itertools import islice
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -55,6 +56,15 @@ class Handoff(Generic[T]):
                     break
                 self._not_full.wait(remaining)
         return taken
+
+    def peek(self, start: int) -> list[T]:
+        """The items from index `start` on, oldest first, left in the queue.
+
+        With one consumer the items before `start` that it looked at are still the first ones until it
+        takes some: the producer only appends.
+        """
+        with self._lock:
+            return list(islice(self._items, start, None))
 
     def get_many(self, limit: int, timeout: float) -> list[T]:
         """Up to `limit` items, oldest first; waits up to `timeout` seconds for the first ([] if none)."""

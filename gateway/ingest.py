@@ -35,6 +35,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
@@ -54,6 +55,10 @@ log = logging.getLogger(__name__)
 # is due whatever the time (each noted reading is kept until then).
 RECHECK_CHUNK = 2_000
 RECHECK_MAX_NOTED = 20_000
+# A write pending longer than this (normal ones of a full batch take 20-50 ms) makes the pipeline look in
+# the gateway's queue for critical readings to decide meanwhile (`IngestPipeline.watch_queue`), and again
+# every as long until the write is done.
+OVERTAKE_AFTER = 0.05
 
 
 @dataclass(slots=True)
@@ -83,7 +88,7 @@ class RulesStep(Protocol[Staged, Prepared]):
     def forget(self, batch: Sequence[StoredReading]) -> None:
         """Drop what `stage` remembered of a batch the store refused."""
 
-    def urgent(self, stored: StoredReading) -> bool:
+    def urgent(self, reading: Reading) -> bool:
         """Whether the reading is to be stored and decided before the rest of its batch."""
 
 
@@ -127,12 +132,34 @@ class IngestPipeline:
         self._monotonic = monotonic
         self._to_recheck: dict[tuple[str, str], StoredReading] = {}
         self._to_recheck_since = 0.0
+        # The gateway's queue (`watch_queue`), how much of it this batch has looked at, and the patients of
+        # the batch in hand (their decisions are made, not committed: no reading of theirs may overtake).
+        self._queued: Callable[[int], list[InboundMessage]] | None = None
+        self._looked_at = 0
+        self._in_hand: set[str] = set()
+
+    def watch_queue(self, queued: Callable[[int], list[InboundMessage]]) -> None:
+        """Let critical readings waiting in the gateway's queue be decided while a write takes long.
+
+        `queued(start)` returns what waits in the queue from index `start` on, oldest first, without
+        taking it. While the batch in hand waits more than `OVERTAKE_AFTER` for InfluxDB (a write that
+        stalls for half a second while InfluxDB compacts), the readings in the queue that are critical
+        by their value alone and not late (`RulesStep.urgent`), of patients with no reading in the batch
+        in hand, are decided and their alerts committed: a 200/125 behind a stalled batch waits for
+        neither. They stay in the queue: their own batch later stores them, decides them again (a no-op:
+        the lifecycle keys on msg_id) and acknowledges them in order, as every message is. Nothing is
+        written to InfluxDB or acknowledged out of turn, and a failure here only leaves the work to that
+        batch.
+        """
+        self._queued = queued
 
     def process(self, batch: Sequence[InboundMessage]) -> BatchResult:
         """Store what is valid and enrolled, quarantine the rest; raises if either cannot be written."""
         result = BatchResult()
         decoded = self._limit(batch, self._decode(batch, result), result)
         resolved = self._resolve(decoded, result)
+        self._in_hand = {stored.patient_id for _, stored in resolved}
+        self._looked_at = 0
         if self._rules is None:
             self._write(resolved, result)
         else:
@@ -279,6 +306,7 @@ class IngestPipeline:
         except BaseException:
             _finish(pending)
             raise
+        self._await_write(pending)
         try:
             pending.result()
         except StorageRejected as exc:
@@ -290,6 +318,38 @@ class IngestPipeline:
             return rules.prepare(rules.stage(stored)) if stored and not commit_early else None
         result.stored.extend(readings)
         return None if commit_early else prepared
+
+    def _await_write(self, pending: Future[None]) -> None:
+        """Wait for the write; while it takes long, decide the critical readings waiting in the queue."""
+        if self._queued is None or self._rules is None:
+            return
+        while not wait_for_futures([pending], timeout=OVERTAKE_AFTER).done:
+            try:
+                self._overtake(self._rules)
+            except Exception as exc:  # their own batch decides them, as it would have anyway
+                log.warning("could not decide queued critical readings ahead of their batch: %s", exc)
+
+    def _overtake(self, rules: RulesStep[Any, Any]) -> None:
+        assert self._queued is not None
+        fresh = self._queued(self._looked_at)
+        self._looked_at += len(fresh)
+        now = self._clock()
+        urgent: list[Reading] = []
+        for message in fresh:
+            outcome = parse(message.topic, message.payload, now=now, limits=self._limits)
+            if not isinstance(outcome, Rejection) and rules.urgent(outcome):
+                urgent.append(outcome)
+        if not urgent:
+            return
+        patients = self._registry.patients_for([(r.device_id, r.measured_at) for r in urgent])
+        ahead = [
+            StoredReading(patient, reading, quality_flags(reading, self._limits))
+            for reading, patient in zip(urgent, patients, strict=True)
+            if patient is not None and patient not in self._in_hand
+        ]
+        if ahead:
+            rules.commit(rules.prepare(rules.stage(ahead)))
+            log.info("decided %d critical readings ahead of their batch (a write was slow)", len(ahead))
 
     def close(self) -> None:
         """Stop the writer thread (waits for a write in progress)."""
@@ -327,7 +387,7 @@ def _urgent_first(
     """The batch in the parts to store and decide in turn, each with whether it is the urgent one: first
     every reading of the patients with an urgent reading, then the rest; one part when there is nothing
     to put first, or nothing after it."""
-    first = {stored.patient_id for _, stored in resolved if rules.urgent(stored)}
+    first = {stored.patient_id for _, stored in resolved if rules.urgent(stored.reading)}
     if not first:
         return [(resolved, False)] if resolved else []
     ahead = [pair for pair in resolved if pair[1].patient_id in first]

@@ -91,6 +91,10 @@ class Gateway:
         self._retry_max_delay = retry_max_delay
         self.stats = GatewayStats()
 
+    def queued(self, start: int) -> list[InboundMessage]:
+        """What waits in the queue from index `start` on, left there (IngestPipeline.watch_queue)."""
+        return self._queue.peek(start)
+
     @property
     def consumer(self) -> MqttConsumer:
         """The MQTT side (connection state, reconnect count)."""
@@ -280,7 +284,7 @@ def build_gateway(settings: Settings, *, stop: threading.Event | None = None) ->
         rate_limiter=_rate_limiter(settings),
         recheck_after=peer_recheck_after(settings),
     )
-    return Gateway(
+    gateway = Gateway(
         consumer_factory=lambda deliver: MqttConsumer(settings.mqtt, deliver),
         pipeline=pipeline,
         batch_size=settings.gateway.batch_size,
@@ -291,6 +295,9 @@ def build_gateway(settings: Settings, *, stop: threading.Event | None = None) ->
         checks={"influxdb": influx_check(settings.influx.url), "database": database_check(engine)},
         drop_watch=BrokerDropWatch(settings.mqtt),
     )
+    # A critical reading queued behind a batch whose InfluxDB write stalls is decided meanwhile.
+    pipeline.watch_queue(gateway.queued)
+    return gateway
 
 
 def history_ttl(topic: str) -> float:

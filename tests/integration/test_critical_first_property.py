@@ -32,8 +32,7 @@ from gateway.ingest import IngestPipeline
 from gateway.mqtt import InboundMessage
 from gateway.quarantine import Quarantine
 from gateway.registry import EnrolmentRegistry
-from gateway.timeseries.base import StoredReading
-from gateway.wire import WireLimits
+from gateway.wire import Reading, WireLimits
 from rpmgw.admin import add_patient, enrol_device
 from rpmgw.db import make_engine, session_factory, upgrade
 from rpmgw.settings import AlertsSettings
@@ -48,7 +47,7 @@ DEVICES = (*BP_DEVICES, GLUCOSE_DEVICE)
 class InOnePiece(AlertEngine):
     """The real engine, with nothing put first: every batch is processed in one piece."""
 
-    def urgent(self, stored: StoredReading) -> bool:
+    def urgent(self, reading: Reading) -> bool:
         return False
 
 

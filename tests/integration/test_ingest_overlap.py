@@ -407,3 +407,56 @@ def test_a_refusal_in_the_rest_restages_only_the_rest(
     assert [q.reason for q in result.quarantined] == ["store_rejected"]
     # Each stored reading is decided once: the first part's is not staged again with the rest's.
     assert staged == [["own-severe-2"], ["other-0", "other-refused"], ["other-0"]]
+
+
+def _alerts_of(db: MigratedDb, patient: str) -> list[Alert]:
+    with db.sessions() as session:
+        return list(session.scalars(select(Alert).where(Alert.patient_id == patient)))
+
+
+def test_a_critical_reading_queued_behind_a_stalled_write_is_alerted_meanwhile(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
+) -> None:
+    # The batch in hand waits for InfluxDB; the gateway's queue holds a 205/125 of another patient behind
+    # it, and one of the batch's own patient (its decisions are made and not committed: it waits).
+    pipeline, flaky, db = deployment
+    queue = [
+        _message("other-normal", 0, 120, 80, OTHER_DEVICE),
+        _message("other-severe", 1, 205, 125, OTHER_DEVICE),
+        _message("own-severe", 2, 206, 124),
+    ]
+    looked_at: list[int] = []
+
+    def queued(start: int) -> list[InboundMessage]:
+        looked_at.append(start)
+        return queue[start:]
+
+    pipeline.watch_queue(queued)
+    flaky.release.clear()  # every write blocks until released
+    outcome: list[BatchResult] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(pipeline.process([_message("own-0", 0, 121, 79)]))
+    )
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not _alerts_of(db, OTHER_PATIENT) and time.monotonic() < deadline:
+            threading.Event().wait(0.02)
+        [other] = _alerts_of(db, OTHER_PATIENT)
+        assert (other.rule, other.reading_count) == ("severe_bp", 1)
+        assert flaky.writing.is_set() and worker.is_alive()  # the batch in hand is still being written
+        assert _severe_alerts(db) == []  # the batch's own patient waits for the batch
+        assert looked_at[0] == 0 and all(
+            start == len(queue) for start in looked_at[1:]
+        )  # each looked at once
+    finally:
+        flaky.release.set()
+        worker.join(30)
+    assert [_ids(r.stored) for r in outcome] == [["own-0"]]
+    # Nothing left the queue: its own batch stores, decides (again: no second alert) and acknowledges it.
+    assert flaky.store.readings(OTHER_PATIENT, T0 - timedelta(hours=1), T0 + timedelta(hours=1)) == []
+    later = pipeline.process(queue)
+    assert sorted(_ids(later.stored)) == ["other-normal", "other-severe", "own-severe"]
+    [same] = _alerts_of(db, OTHER_PATIENT)
+    assert (same.id, same.reading_count) == (other.id, 1)
+    assert len(_severe_alerts(db)) == 1

@@ -199,6 +199,15 @@ class _Pipeline:
         pass
 
 
+def test_the_pipeline_may_look_at_what_is_queued_without_taking_it() -> None:
+    gateway, consumer = _gateway(batch_size=10, batch_max_wait=0.01)
+    now = datetime.now(UTC)
+    consumer.deliver([_message(n, now) for n in range(1, 4)])
+    assert [m.mid for m in gateway.queued(0)] == [1, 2, 3]
+    assert [m.mid for m in gateway.queued(2)] == [3]
+    assert [m.mid for m in gateway._collect()] == [1, 2, 3]
+
+
 def test_the_loop_rechecks_after_each_batch_and_once_more_when_it_stops() -> None:
     pipeline = _Pipeline()
     pipeline.recheck_error = StorageUnavailable("injected: InfluxDB unreachable")  # logged, not fatal
