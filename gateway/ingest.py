@@ -41,6 +41,7 @@ from datetime import datetime
 from itertools import islice
 from typing import Any, Protocol, TypeVar
 
+from gateway import metrics
 from gateway.errors import StorageRejected
 from gateway.mqtt import InboundMessage
 from gateway.quarantine import Quarantine, QuarantineEntry
@@ -349,6 +350,7 @@ class IngestPipeline:
         ]
         if ahead:
             rules.commit(rules.prepare(rules.stage(ahead)))
+            metrics.READINGS_DECIDED_AHEAD.inc(len(ahead))
             log.info("decided %d critical readings ahead of their batch (a write was slow)", len(ahead))
 
     def close(self) -> None:

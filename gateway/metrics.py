@@ -42,6 +42,10 @@ QUEUE_DEPTH = Gauge("rpmgw_queue_depth", "Messages received from the broker and 
 MQTT_CONNECTED = Gauge("rpmgw_mqtt_connected", "1 while the gateway is connected to the broker")
 MQTT_RECONNECTS = Gauge("rpmgw_mqtt_reconnects", "Connections made after the first (since start)")
 ALERTS_OPENED = Counter("rpmgw_alerts_opened", "Alert episodes opened", ["rule", "severity"])
+READINGS_DECIDED_AHEAD = Counter(
+    "rpmgw_readings_decided_ahead",
+    "Critical readings decided while still queued, because the batch before them waited long for InfluxDB",
+)
 READINGS_RECHECKED = Counter(
     "rpmgw_readings_rechecked",
     "Readings decided again with their patient's history reloaded (members of a shared subscription)",

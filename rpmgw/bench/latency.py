@@ -227,6 +227,8 @@ def alert_latency(env: BenchEnv, *, probes: int, background_rate: int, gateways:
                 gateway.check_alive()
             time.sleep(0.1)
         published = load.published
+        # Probes (and load readings) decided while queued behind a batch whose write was slow.
+        decided_ahead = int(sum(g.metrics()["rpmgw_readings_decided_ahead_total"] for g in started_gateways))
         elapsed = time.monotonic() - timed_from
         cpu_percent = [
             round(100 * (proc_cpu_seconds(g.pid) - before) / elapsed, 1)
@@ -250,6 +252,7 @@ def alert_latency(env: BenchEnv, *, probes: int, background_rate: int, gateways:
         "batch_max_wait_s": float(BATCH_MAX_WAIT),
         "delivery_interval_s": float(DELIVERY_INTERVAL),
         "gateway_cpu_percent": cpu_percent,  # per gateway process, while the probes ran
+        "decided_ahead": decided_ahead,
         "alert_row": percentiles(to_alert),
         "sms_request": percentiles(to_sms),
         # In probe order (one every ~0.1 s plus its latency): shows whether slow ones come together.

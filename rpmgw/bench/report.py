@@ -109,4 +109,6 @@ def _cpu_note(latency: Mapping[str, object]) -> str:
     cpu = latency.get("gateway_cpu_percent")
     if not isinstance(cpu, list) or not cpu:
         return ""
-    return f" at {' + '.join(f'{c} %' for c in cpu)} CPU; batch wait {latency.get('batch_max_wait_s')} s"
+    ahead = latency.get("decided_ahead")
+    ahead_note = f"; {ahead} decided while queued behind a slow write" if isinstance(ahead, int) else ""
+    return f" at {' + '.join(f'{c} %' for c in cpu)} CPU; batch wait {latency.get('batch_max_wait_s')} s{ahead_note}"
