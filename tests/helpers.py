@@ -17,6 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from gateway.mqtt import InboundMessage
 from rpmgw.broker_accounts import Credentials
 from rpmgw.servers.mosquitto import find_running
 
@@ -48,6 +49,23 @@ def bp_payload(
         "diastolic": diastolic,
         "pulse": 70,
     }
+
+
+def bp_message(
+    msg_id: str, device_id: str, measured_at: datetime, systolic: int, diastolic: int
+) -> InboundMessage:
+    """A blood-pressure reading as the gateway's queue holds it (received at `measured_at`)."""
+    payload = {
+        "v": 1,
+        "msg_id": msg_id,
+        "device_id": device_id,
+        "type": "blood_pressure",
+        "measured_at": measured_at.isoformat(),
+        "systolic": systolic,
+        "diastolic": diastolic,
+        "pulse": 70,
+    }
+    return InboundMessage(readings_topic(device_id), json.dumps(payload).encode(), 1, 1, 1, measured_at)
 
 
 def publisher_credentials(port: int) -> Credentials | None:

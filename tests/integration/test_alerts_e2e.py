@@ -124,6 +124,24 @@ def clinic(
     )
 
 
+def _shared_gateways(clinic: Clinic, name: str, **env: str) -> list[RpmgwProcess]:
+    """Two gateways on one shared subscription, connected, the first one storing readings."""
+    shared = {"RPMGW_MQTT__TOPIC": "$share/rpmgw/rpm/devices/+/readings", **env}
+    gateways = [
+        clinic.start("gateway", f"gateway-{i}", RPMGW_MQTT__CLIENT_ID=f"gw-{name}-{i}", **shared)
+        for i in (1, 2)
+    ]
+    try:
+        for gateway in gateways:
+            wait_until(lambda g=gateway: "connected to" in g.log(), 30, "both gateways to connect")
+        _wait_gateway_live(clinic, gateways[0])
+    except BaseException:
+        for gateway in gateways:
+            gateway.terminate()
+        raise
+    return gateways
+
+
 def _wait_gateway_live(clinic: Clinic, gateway: RpmgwProcess) -> None:
     """A normal reading published until the gateway has recorded the patient's activity."""
     from alerts.tables import PatientActivity
@@ -257,15 +275,8 @@ def test_two_gateways_sharing_the_load_on_postgresql_open_one_alert(
             valid_from=datetime.now(UTC) - timedelta(hours=3),
             kind="blood_pressure",
         )
-    shared = {"RPMGW_MQTT__TOPIC": "$share/rpmgw/rpm/devices/+/readings"}
-    gateways = [
-        clinic.start("gateway", f"gateway-{i}", RPMGW_MQTT__CLIENT_ID=f"gw-shared-{i}", **shared)
-        for i in (1, 2)
-    ]
+    gateways = _shared_gateways(clinic, "shared")
     try:
-        for gateway in gateways:
-            wait_until(lambda g=gateway: "connected to" in g.log(), 30, "both gateways to connect")
-        _wait_gateway_live(clinic, gateways[0])
         severe = [
             bp_payload(device, systolic=182 + i % 7, diastolic=110, minutes_ago=(400 - i) / 100)
             for i in range(400)
@@ -318,20 +329,11 @@ def test_two_gateways_raise_high_bp_from_readings_they_took_one_each(
                 valid_from=datetime.now(UTC) - timedelta(hours=3),
                 kind="blood_pressure",
             )
-    shared = {
-        "RPMGW_MQTT__TOPIC": "$share/rpmgw/rpm/devices/+/readings",
-        "RPMGW_GATEWAY__BATCH_MAX_WAIT": "0.5",
-        # Their second look (default 30 s). With 0 (none) this test fails: the alerts never come.
-        "RPMGW_GATEWAY__PEER_RECHECK_SECONDS": "1",
-    }
-    gateways = [
-        clinic.start("gateway", f"gateway-{i}", RPMGW_MQTT__CLIENT_ID=f"gw-peer-{i}", **shared)
-        for i in (1, 2)
-    ]
+    # Their second look (default 30 s) after 1 s. With 0 (none) this test fails: the alerts never come.
+    gateways = _shared_gateways(
+        clinic, "peer", RPMGW_GATEWAY__BATCH_MAX_WAIT="0.5", RPMGW_GATEWAY__PEER_RECHECK_SECONDS="1"
+    )
     try:
-        for gateway in gateways:
-            wait_until(lambda g=gateway: "connected to" in g.log(), 30, "both gateways to connect")
-        _wait_gateway_live(clinic, gateways[0])
         readings = [
             (readings_topic(device), encode(bp_payload(device, systolic=s, diastolic=d, minutes_ago=m)))
             for _, device in patients

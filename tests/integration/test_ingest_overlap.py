@@ -6,7 +6,6 @@ engine; only the store's refusals, outages and stalls are injected, by a wrapper
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +29,7 @@ from gateway.wire import WireLimits
 from rpmgw.admin import add_patient, enrol_device
 from rpmgw.settings import AlertsSettings, InfluxSettings
 from tests.fixtures.db import MigratedDb
+from tests.helpers import bp_message
 
 DEVICE, PATIENT = "bp-overlap-1", "P-OVERLAP-1"
 OTHER_DEVICE, OTHER_PATIENT = "bp-overlap-2", "P-OVERLAP-2"
@@ -132,19 +132,7 @@ def deployment(
 def _message(
     msg_id: str, minutes: int, systolic: int, diastolic: int, device: str = DEVICE
 ) -> InboundMessage:
-    payload = {
-        "v": 1,
-        "msg_id": msg_id,
-        "device_id": device,
-        "type": "blood_pressure",
-        "measured_at": (T0 + timedelta(minutes=minutes)).isoformat(),
-        "systolic": systolic,
-        "diastolic": diastolic,
-        "pulse": 70,
-    }
-    return InboundMessage(
-        f"rpm/devices/{device}/readings", json.dumps(payload).encode(), minutes + 1, 1, 1, T0
-    )
+    return bp_message(msg_id, device, T0 + timedelta(minutes=minutes), systolic, diastolic)
 
 
 def _severe_alerts(db: MigratedDb) -> list[Alert]:

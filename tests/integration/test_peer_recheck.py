@@ -5,8 +5,8 @@ gateway could see alone. Real InfluxDB, real database, the real rule engine and 
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -27,6 +27,7 @@ from gateway.wire import WireLimits
 from rpmgw.admin import add_patient, enrol_device
 from rpmgw.settings import AlertsSettings, InfluxSettings
 from tests.fixtures.db import MigratedDb
+from tests.helpers import bp_message
 
 DEVICE, PATIENT = "bp-peer-1", "P-PEER-1"
 OTHER_DEVICE, OTHER_PATIENT = "bp-peer-2", "P-PEER-2"
@@ -62,28 +63,12 @@ def two_gateways(
             session, device_id=OTHER_DEVICE, patient_id=OTHER_PATIENT, valid_from=T0 - timedelta(days=30)
         )
     ticks = Ticks()
-    clock = lambda: T0 + timedelta(minutes=30)  # noqa: E731
     gateways = []
     for _ in range(2):
         store, history_store = InfluxV1Store(influx_settings), InfluxV1Store(influx_settings)
-        engine = AlertEngine(
-            sessions=migrated_db.sessions,
-            # As a member of a shared subscription: the history is trusted for 60 s.
-            history=RecentReadings(history_store, days=8, max_patients=100, ttl=60.0, clock=ticks),
-            clinic=Thresholds(),
-            settings=AlertsSettings(),
-            clock=clock,
-        )
-        pipeline = IngestPipeline(
-            store=store,
-            registry=EnrolmentRegistry(migrated_db.sessions, cache_size=10, ttl=0),
-            quarantine=Quarantine(migrated_db.sessions),
-            limits=WireLimits(),
-            clock=clock,
-            rules=engine,
-            recheck_after=RECHECK_AFTER,
-            monotonic=ticks,
-        )
+        # As a member of a shared subscription: the history is trusted for 60 s.
+        history = RecentReadings(history_store, days=8, max_patients=100, ttl=60.0, clock=ticks)
+        pipeline = _pipeline(migrated_db, store, history, recheck_after=RECHECK_AFTER, monotonic=ticks)
         gateways.append(Gateway(pipeline, (store, history_store)))
     try:
         yield gateways[0], gateways[1], ticks, migrated_db
@@ -94,20 +79,35 @@ def two_gateways(
                 store.close()
 
 
+def _pipeline(
+    db: MigratedDb,
+    store: InfluxV1Store,
+    history: RecentReadings,
+    *,
+    recheck_after: float | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> IngestPipeline:
+    """A gateway's pipeline with the real engine, half an hour after T0."""
+    clock = lambda: T0 + timedelta(minutes=30)  # noqa: E731
+    engine = AlertEngine(
+        sessions=db.sessions, history=history, clinic=Thresholds(), settings=AlertsSettings(), clock=clock
+    )
+    return IngestPipeline(
+        store=store,
+        registry=EnrolmentRegistry(db.sessions, cache_size=10, ttl=0),
+        quarantine=Quarantine(db.sessions),
+        limits=WireLimits(),
+        clock=clock,
+        rules=engine,
+        recheck_after=recheck_after,
+        monotonic=monotonic,
+    )
+
+
 def _message(
     msg_id: str, minutes: int, systolic: int, diastolic: int, device: str = DEVICE
 ) -> InboundMessage:
-    payload = {
-        "v": 1,
-        "msg_id": msg_id,
-        "device_id": device,
-        "type": "blood_pressure",
-        "measured_at": (T0 + timedelta(minutes=minutes)).isoformat(),
-        "systolic": systolic,
-        "diastolic": diastolic,
-        "pulse": 70,
-    }
-    return InboundMessage(f"rpm/devices/{device}/readings", json.dumps(payload).encode(), 1, 1, 1, T0)
+    return bp_message(msg_id, device, T0 + timedelta(minutes=minutes), systolic, diastolic)
 
 
 def _alerts(db: MigratedDb) -> list[tuple[str, bool]]:
@@ -177,22 +177,7 @@ def test_a_plain_subscriber_keeps_nothing_to_recheck(
     with migrated_db.sessions.begin() as session:
         add_patient(session, patient_id=PATIENT, display_name="Peer", phone="+79990005001")
         enrol_device(session, device_id=DEVICE, patient_id=PATIENT, valid_from=T0 - timedelta(days=30))
-    clock = lambda: T0 + timedelta(minutes=30)  # noqa: E731
-    engine = AlertEngine(
-        sessions=migrated_db.sessions,
-        history=RecentReadings(influx_store, days=8, max_patients=100),
-        clinic=Thresholds(),
-        settings=AlertsSettings(),
-        clock=clock,
-    )
-    pipeline = IngestPipeline(
-        store=influx_store,
-        registry=EnrolmentRegistry(migrated_db.sessions, cache_size=10, ttl=0),
-        quarantine=Quarantine(migrated_db.sessions),
-        limits=WireLimits(),
-        clock=clock,
-        rules=engine,
-    )
+    pipeline = _pipeline(migrated_db, influx_store, RecentReadings(influx_store, days=8, max_patients=100))
     try:
         pipeline.process([_message("high-1", 0, 170, 105)])
         assert pipeline.recheck(force=True) == 0
