@@ -70,7 +70,16 @@ class _Session:
         )
 
     def _disconnects(self) -> int:
-        return self._broker.log_path.read_text().count(f"Client {self._client_id} disconnected.")
+        # A clean DISCONNECT, or (when the client's network loop stopped first, seen on a busy machine)
+        # the socket closed: either way the broker has read everything the client sent before it.
+        log = self._broker.log_path.read_text()
+        return sum(
+            log.count(line)
+            for line in (
+                f"Client {self._client_id} disconnected.",
+                f"Client {self._client_id} closed its connection.",
+            )
+        )
 
     def payloads(self) -> list[bytes]:
         with self._lock:
