@@ -4,8 +4,9 @@
 reads the thresholds and decides, `commit` applies the decisions and records the batch's activity in
 one database transaction. The gateway stages before it writes the batch to InfluxDB, prepares while the
 write runs and commits once the batch is stored (the part with a critical reading: while it is being
-stored), before it acknowledges the MQTT messages, so a crash re-evaluates rather than forgets; re-evaluating a reading is a no-op in the lifecycle (it keys on
-msg_id) and in the outbox (idempotency keys). `evaluate` is all three in one call.
+stored), before it acknowledges the MQTT messages, so a crash re-evaluates rather than forgets;
+re-evaluating a reading is a no-op in the lifecycle (it keys on msg_id) and in the outbox (idempotency
+keys). `evaluate` is all three in one call.
 """
 
 from __future__ import annotations
@@ -100,9 +101,8 @@ class AlertEngine:
         a reading critical only under stricter ones of the patient's is decided with the rest of the
         batch, as every reading was before.
         """
-        return (
-            critical_by_value(self._clinic, reading) and self._clock() - reading.measured_at <= self._late_after
-        )
+        fresh = self._clock() - reading.measured_at <= self._late_after
+        return fresh and critical_by_value(self._clinic, reading)
 
     def stage(self, batch: Sequence[StoredReading]) -> StagedBatch:
         """The batch patients' history, with the batch's readings joined to it (the history cache).

@@ -137,7 +137,8 @@ class IngestPipeline:
         # the batch in hand (their decisions are made, not committed: no reading of theirs may overtake).
         self._queued: Callable[[int], list[InboundMessage]] | None = None
         self._looked_at = 0
-        self._in_hand: set[str] = set()
+        self._batch_in_hand: list[tuple[InboundMessage, StoredReading]] = []
+        self._in_hand: set[str] | None = None  # its patients, once a slow write needs them
 
     def watch_queue(self, queued: Callable[[int], list[InboundMessage]]) -> None:
         """Let critical readings waiting in the gateway's queue be decided while a write takes long.
@@ -159,16 +160,18 @@ class IngestPipeline:
         result = BatchResult()
         decoded = self._limit(batch, self._decode(batch, result), result)
         resolved = self._resolve(decoded, result)
-        self._in_hand = {stored.patient_id for _, stored in resolved}
-        self._looked_at = 0
-        if self._rules is None:
-            self._write(resolved, result)
-        else:
-            for part, urgent in _urgent_first(self._rules, resolved):
-                prepared = self._write_while_preparing(self._rules, part, result, commit_early=urgent)
-                if prepared is not None:
-                    # Rule evaluation: before the ack, so a crash re-evaluates rather than forgets.
-                    self._rules.commit(prepared)
+        self._batch_in_hand, self._in_hand, self._looked_at = resolved, None, 0
+        try:
+            if self._rules is None:
+                self._write(resolved, result)
+            else:
+                for part, urgent in _urgent_first(self._rules, resolved):
+                    prepared = self._write_while_preparing(self._rules, part, result, commit_early=urgent)
+                    if prepared is not None:
+                        # Rule evaluation: before the ack, so a crash re-evaluates rather than forgets.
+                        self._rules.commit(prepared)
+        finally:
+            self._batch_in_hand, self._in_hand = [], None  # held only while in hand
         if result.quarantined:
             self._quarantine.add_many(result.quarantined)
         if self._recheck_after is not None:
@@ -326,13 +329,12 @@ class IngestPipeline:
             return
         while not wait_for_futures([pending], timeout=OVERTAKE_AFTER).done:
             try:
-                self._overtake(self._rules)
+                self._overtake(self._rules, self._queued)
             except Exception as exc:  # their own batch decides them, as it would have anyway
                 log.warning("could not decide queued critical readings ahead of their batch: %s", exc)
 
-    def _overtake(self, rules: RulesStep[Any, Any]) -> None:
-        assert self._queued is not None
-        fresh = self._queued(self._looked_at)
+    def _overtake(self, rules: RulesStep[Any, Any], queued: Callable[[int], list[InboundMessage]]) -> None:
+        fresh = queued(self._looked_at)
         self._looked_at += len(fresh)
         now = self._clock()
         urgent: list[Reading] = []
@@ -343,6 +345,8 @@ class IngestPipeline:
         if not urgent:
             return
         patients = self._registry.patients_for([(r.device_id, r.measured_at) for r in urgent])
+        if self._in_hand is None:
+            self._in_hand = {stored.patient_id for _, stored in self._batch_in_hand}
         ahead = [
             StoredReading(patient, reading, quality_flags(reading, self._limits))
             for reading, patient in zip(urgent, patients, strict=True)

@@ -310,7 +310,7 @@ def history_ttl(topic: str) -> float:
     see what the others stored. Reloading every minute on every gateway made live ingest reload each
     patient's week every minute (profiled).
     """
-    return 60.0 if topic.startswith(("$share/", "$queue/")) else 3600.0
+    return 60.0 if _shared(topic) else 3600.0
 
 
 def peer_recheck_after(settings: Settings) -> float | None:
@@ -318,9 +318,13 @@ def peer_recheck_after(settings: Settings) -> float | None:
 
     A gateway on a plain subscription sees every reading itself: nothing to recheck.
     """
-    shared = settings.mqtt.topic.startswith(("$share/", "$queue/"))
     seconds = settings.gateway.peer_recheck_seconds
-    return seconds if shared and seconds > 0 else None
+    return seconds if _shared(settings.mqtt.topic) and seconds > 0 else None
+
+
+def _shared(topic: str) -> bool:
+    """Whether the subscription is shared with other gateways (MQTT v5 $share/..., EMQX's $queue/...)."""
+    return topic.startswith(("$share/", "$queue/"))
 
 
 def _rate_limiter(settings: Settings) -> DeviceRateLimiter | None:
