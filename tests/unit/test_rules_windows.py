@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from alerts import rules as rules_module
@@ -390,6 +390,80 @@ def test_the_window_holds_exactly_the_prior_readings_its_definition_names(
                 sum(r.systolic or 0 for r in within),
                 sum(r.diastolic or 0 for r in within),
             )
+
+
+def _bp_view(msg_id: str, minutes_ago: int, systolic: int) -> ReadingView:
+    return ReadingView(
+        msg_id=msg_id,
+        device_id="dev",
+        type="blood_pressure",
+        measured_at=NOW - timedelta(minutes=minutes_ago),
+        systolic=systolic,
+        diastolic=80,
+        pulse=70,
+        glucose_mmol=None,
+        quality=(),
+    )
+
+
+_SeriesStep = (
+    tuple[Literal["put"], ReadingView] | tuple[Literal["cut"], int] | tuple[Literal["ask"], ReadingView]
+)
+
+
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("put"), _views()),
+            st.tuples(st.just("cut"), _MINUTES),
+            st.tuples(st.just("ask"), _views()),
+        ),
+        max_size=40,
+    ),
+    span_minutes=_MINUTES,
+    count=st.integers(0, 4),
+)
+@example(  # asked, then an earlier reading put before the end: the sums from there are made again
+    steps=[
+        ("put", _bp_view("m1", 10, 100)),
+        ("ask", _bp_view("m9", 0, 150)),
+        ("put", _bp_view("m2", 60, 200)),
+        ("ask", _bp_view("m9", 0, 150)),
+    ],
+    span_minutes=DAY,
+    count=2,
+)
+@settings(max_examples=400, deadline=None)
+def test_window_sums_and_last_readings_stay_right_as_the_series_changes_between_questions(
+    steps: list[_SeriesStep], span_minutes: int, count: int
+) -> None:
+    # The running sums are kept up on appends and made again from the first change before the end:
+    # questions between puts (in any time order), replacements of a msg_id and cuts must all see them right.
+    series = Series("blood_pressure")
+    held: list[ReadingView] = []
+    span = timedelta(minutes=span_minutes)
+    for step in steps:
+        if step[0] == "put":
+            series.put(step[1])
+            held.append(step[1])
+        elif step[0] == "cut":
+            cut = NOW - timedelta(minutes=step[1])
+            series.drop_before(cut)
+            held = [r for r in _current(held) if r.measured_at >= cut]
+        else:
+            reading = replace(step[1], type="blood_pressure", systolic=150, diastolic=90, glucose_mmol=None)
+            within = [
+                r
+                for r in _plain_prior(_current(held), reading)
+                if r.measured_at >= reading.measured_at - span
+            ]
+            window = series.window(reading)
+            assert window.bp_sums_within(span) == (
+                len(within),
+                sum(r.systolic or 0 for r in within),
+                sum(r.diastolic or 0 for r in within),
+            )
+            assert window.last_within(span, count) == (within[-count:] if count else [])
 
 
 @given(history=st.lists(_views(), max_size=30), cut_minutes=_MINUTES)
