@@ -44,7 +44,7 @@ MQTT_RECONNECTS = Gauge("rpmgw_mqtt_reconnects", "Connections made after the fir
 ALERTS_OPENED = Counter("rpmgw_alerts_opened", "Alert episodes opened", ["rule", "severity"])
 READINGS_DECIDED_AHEAD = Counter(
     "rpmgw_readings_decided_ahead",
-    "Critical readings decided while still queued, because the batch before them waited long for InfluxDB",
+    "Critical readings decided while still queued, before the batch in hand was done",
 )
 READINGS_RECHECKED = Counter(
     "rpmgw_readings_rechecked",

@@ -24,6 +24,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import BrokerError
+from gateway.wire import Reading, Rejection
 from rpmgw.settings import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class InboundMessage:
     qos: int
     generation: int
     received_at: datetime
+    # The payload as parsed on arrival (gateway.ingest.IngestPipeline.triage); None: parsed in its batch.
+    parsed: Reading | Rejection | None = None
 
 
 # A PUBLISH as BurstClient.on_burst gets it: (topic as sent, payload, packet id, QoS).

@@ -71,7 +71,10 @@ class Gateway:
         retry_max_delay: float = 30.0,
         checks: Mapping[str, Check] | None = None,
         drop_watch: BrokerDropWatch | None = None,
+        triage: Callable[[list[InboundMessage]], list[InboundMessage]] | None = None,
     ) -> None:
+        # Called on paho's network thread with each burst before it is queued (IngestPipeline.triage).
+        self._triage = triage
         self.drop_watch = drop_watch  # the broker's silent queue drops, logged as errors
         # Called after each turn of the batch loop, when no batch is in hand (`rpmgw gateway`: heap.Keeper).
         self.between_batches: Callable[[], object] | None = None
@@ -140,12 +143,18 @@ class Gateway:
             self._report()
 
     def _deliver(self, messages: list[InboundMessage]) -> None:
-        """Called on paho's network thread: queue the messages, waiting while the queue is full.
+        """Called on paho's network thread: parse the messages (`triage`), queue them, waiting while the
+        queue is full.
 
         Once stopping, messages that find the queue full are dropped: they are unacknowledged, so the
         broker redelivers them. (Waiting unconditionally deadlocked the shutdown: paho's thread blocked
         in a full queue, and stopping waits for that thread.)
         """
+        if self._triage is not None:
+            try:
+                messages = self._triage(messages)
+            except Exception:  # a bug: their batch parses them instead
+                log.exception("could not parse %d messages on arrival", len(messages))
         while messages:
             messages = messages[self._queue.put_many(messages, timeout=0.25) :]
             if messages and self._stopping.is_set():
@@ -294,8 +303,9 @@ def build_gateway(settings: Settings, *, stop: threading.Event | None = None) ->
         retry_max_delay=settings.gateway.storage_retry_max_delay,
         checks={"influxdb": influx_check(settings.influx.url), "database": database_check(engine)},
         drop_watch=BrokerDropWatch(settings.mqtt),
+        triage=pipeline.triage,
     )
-    # A critical reading queued behind a batch whose InfluxDB write stalls is decided meanwhile.
+    # A critical reading queued behind the batch in hand is decided meanwhile.
     pipeline.watch_queue(gateway.queued)
     return gateway
 

@@ -227,7 +227,7 @@ def alert_latency(env: BenchEnv, *, probes: int, background_rate: int, gateways:
                 gateway.check_alive()
             time.sleep(0.1)
         published = load.published
-        # Probes (and load readings) decided while queued behind a batch whose write was slow.
+        # Probes decided while queued behind the batch in hand (gateway.ingest.IngestPipeline.watch_queue).
         decided_ahead = int(sum(g.metrics()["rpmgw_readings_decided_ahead_total"] for g in started_gateways))
         elapsed = time.monotonic() - timed_from
         cpu_percent = [

@@ -110,5 +110,5 @@ def _cpu_note(latency: Mapping[str, object]) -> str:
     if not isinstance(cpu, list) or not cpu:
         return ""
     ahead = latency.get("decided_ahead")
-    ahead_note = f"; {ahead} decided while queued behind a slow write" if isinstance(ahead, int) else ""
+    ahead_note = f"; {ahead} decided while queued behind the batch in hand" if isinstance(ahead, int) else ""
     return f" at {' + '.join(f'{c} %' for c in cpu)} CPU; batch wait {latency.get('batch_max_wait_s')} s{ahead_note}"

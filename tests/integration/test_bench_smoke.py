@@ -150,4 +150,4 @@ def test_bench_alert_latency_times_probes_under_a_small_load_with_two_gateways(t
     assert len(latency["gateway_cpu_percent"]) == 2 and all(c > 0 for c in latency["gateway_cpu_percent"])
     assert isinstance(latency["decided_ahead"], int) and latency["decided_ahead"] >= 0  # scraped from /metrics
     assert "| alert latency to alert row |" in stdout
-    assert "decided while queued behind a slow write" in stdout
+    assert "decided while queued behind the batch in hand" in stdout

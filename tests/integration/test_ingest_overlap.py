@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -18,6 +19,7 @@ from alerts.engine import AlertEngine
 from alerts.history import RecentReadings
 from alerts.tables import Alert
 from alerts.thresholds import Thresholds
+from gateway import ingest as ingest_module
 from gateway.errors import StorageRejected, StorageUnavailable
 from gateway.ingest import BatchResult, IngestPipeline
 from gateway.mqtt import InboundMessage
@@ -434,9 +436,9 @@ def test_a_critical_reading_queued_behind_a_stalled_write_is_alerted_meanwhile(
         assert (other.rule, other.reading_count) == ("severe_bp", 1)
         assert flaky.writing.is_set() and worker.is_alive()  # the batch in hand is still being written
         assert _severe_alerts(db) == []  # the batch's own patient waits for the batch
-        assert looked_at[0] == 0 and all(
-            start == len(queue) for start in looked_at[1:]
-        )  # each looked at once
+        # Looked at from the start (and once more for the device's readings before the critical one),
+        # then only at what arrived since: nothing twice.
+        assert looked_at[:2] == [0, 0] and all(start == len(queue) for start in looked_at[2:])
     finally:
         flaky.release.set()
         worker.join(30)
@@ -448,3 +450,75 @@ def test_a_critical_reading_queued_behind_a_stalled_write_is_alerted_meanwhile(
     [same] = _alerts_of(db, OTHER_PATIENT)
     assert (same.id, same.reading_count) == (other.id, 1)
     assert len(_severe_alerts(db)) == 1
+
+
+def test_a_critical_reading_queued_while_a_batch_is_decided_is_alerted_before_the_batch_is(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No stall: the batch in hand is decided as usual, which takes tens of milliseconds for hundreds of
+    # readings. The 205/125 that arrived meanwhile is decided before the batch's decisions are made.
+    pipeline, _, db = deployment
+    queue = [_message("other-severe", 1, 205, 125, OTHER_DEVICE)]
+    pipeline.watch_queue(lambda start: queue[start:])
+    rules = pipeline._rules
+    assert rules is not None
+    prepare = rules.prepare
+    alerted_when_prepared: dict[str, int] = {}
+
+    def noting_prepare(staged: Any) -> Any:
+        for stored in staged.batch:
+            alerted_when_prepared[stored.reading.msg_id] = len(_alerts_of(db, OTHER_PATIENT))
+        return prepare(staged)
+
+    monkeypatch.setattr(rules, "prepare", noting_prepare)
+    pipeline.process([_message("own-0", 0, 121, 79), _message("own-1", 2, 122, 78)])
+    assert alerted_when_prepared == {"other-severe": 0, "own-0": 1, "own-1": 1}
+
+
+def test_a_critical_reading_decided_from_the_queue_sees_its_device_s_readings_queued_before_it(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
+) -> None:
+    # A monitor empties its memory: a severe reading 10 minutes before the critical one, too old to be
+    # critical itself (late), confirms it. Decided alone, the critical one would stay "pending".
+    pipeline, flaky, db = deployment
+    queue = [
+        _message("other-late-severe", -35, 204, 124, OTHER_DEVICE),
+        _message("own-queued", -30, 120, 80),  # another patient's reading in between: not taken
+        _message("other-severe", -25, 205, 125, OTHER_DEVICE),
+    ]
+    pipeline.watch_queue(lambda start: queue[start:])
+    flaky.release.clear()
+    worker = threading.Thread(target=pipeline.process, args=([_message("own-0", 0, 121, 79)],))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not _alerts_of(db, OTHER_PATIENT) and time.monotonic() < deadline:
+            threading.Event().wait(0.02)
+        alerts = _alerts_of(db, OTHER_PATIENT)
+        assert [(a.rule, a.confirmation) for a in alerts if not a.late] == [("severe_bp", "confirmed")]
+    finally:
+        flaky.release.set()
+        worker.join(30)
+
+
+def test_messages_parsed_on_arrival_are_not_parsed_again_and_come_out_the_same(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline, _, db = deployment
+    raw = [
+        _message("triaged-0", 0, 121, 79),
+        InboundMessage(f"rpm/devices/{DEVICE}/readings", b'{"v": 1, "msg_id": "broken', 9, 1, 1, T0),
+        _message("triaged-severe", 1, 205, 125, OTHER_DEVICE),
+    ]
+    triaged = pipeline.triage(raw)
+    assert [m.mid for m in triaged] == [m.mid for m in raw] and all(m.parsed is not None for m in triaged)
+
+    def no_second_parse(*args: object, **kwargs: object) -> object:
+        raise AssertionError("a message parsed on arrival was parsed again")
+
+    monkeypatch.setattr(ingest_module, "parse", no_second_parse)
+    result = pipeline.process(triaged)
+    assert sorted(_ids(result.stored)) == ["triaged-0", "triaged-severe"]
+    assert [(q.reason, q.payload) for q in result.quarantined] == [("not_json", raw[1].payload)]
+    [alert] = _alerts_of(db, OTHER_PATIENT)
+    assert alert.rule == "severe_bp"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
@@ -17,6 +18,7 @@ from gateway.errors import StorageUnavailable
 from gateway.ingest import BatchResult, IngestPipeline
 from gateway.mqtt import InboundMessage, MqttConsumer
 from gateway.service import Gateway
+from gateway.wire import Reading, Rejection, WireLimits, parse
 
 
 class _Consumer:
@@ -38,7 +40,11 @@ class _Consumer:
 
 
 def _gateway(
-    batch_size: int, batch_max_wait: float, queue_size: int = 1000, pipeline: object = None
+    batch_size: int,
+    batch_max_wait: float,
+    queue_size: int = 1000,
+    pipeline: object = None,
+    triage: Callable[[list[InboundMessage]], list[InboundMessage]] | None = None,
 ) -> tuple[Gateway, _Consumer]:
     """A gateway on a stand-in consumer; without a `pipeline` only batches are cut (none is processed)."""
     consumers: list[_Consumer] = []
@@ -53,6 +59,7 @@ def _gateway(
         batch_size=batch_size,
         batch_max_wait=batch_max_wait,
         queue_size=queue_size,
+        triage=triage,
     )
     return gateway, consumers[0]
 
@@ -239,3 +246,27 @@ def test_the_loop_calls_between_batches_after_each_batch_is_acknowledged() -> No
     runner.join(30)
     assert not runner.is_alive(), "the loop did not stop"
     assert seen[-1] == (3, [[1, 2, 3]])  # called once the batch was processed and acknowledged
+
+
+def test_each_burst_is_parsed_on_arrival_and_queued_unparsed_if_parsing_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bursts: list[list[int]] = []
+
+    def triage(messages: list[InboundMessage]) -> list[InboundMessage]:
+        bursts.append([m.mid for m in messages])
+        if messages[0].mid == 3:
+            raise RuntimeError("injected: a bug in parsing")
+        now = datetime.now(UTC)
+        return [replace(m, parsed=parse(m.topic, m.payload, now=now, limits=WireLimits())) for m in messages]
+
+    gateway, consumer = _gateway(batch_size=10, batch_max_wait=0.01, triage=triage)
+    now = datetime.now(UTC)
+    consumer.deliver([_message(1, now), _message(2, now)])
+    consumer.deliver([_message(3, now)])
+    assert bursts == [[1, 2], [3]]
+    queued = gateway._collect()
+    assert [m.mid for m in queued] == [1, 2, 3]  # nothing lost to the failure
+    parsed: list[Reading | Rejection | None] = [m.parsed for m in queued]
+    assert [type(p).__name__ for p in parsed] == ["Rejection", "Rejection", "NoneType"]  # b"{}" is no reading
+    assert "could not parse 1 messages on arrival" in caplog.text
