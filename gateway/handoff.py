@@ -26,6 +26,7 @@ class Handoff(Generic[T]):
             raise ValueError(f"maxsize must be at least 1, got {maxsize}")
         self._maxsize = maxsize
         self._items: deque[T] = deque()
+        self._taken = 0  # items taken since the start: the position of the first waiting item
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
         self._not_full = threading.Condition(self._lock)
@@ -57,14 +58,23 @@ class Handoff(Generic[T]):
                 self._not_full.wait(remaining)
         return taken
 
-    def peek(self, start: int) -> list[T]:
-        """The items from index `start` on, oldest first, left in the queue.
+    def peek(self, start: int) -> tuple[int, list[T]]:
+        """The items at position `start` and after, oldest first, left in the queue, and the position of
+        the first of them.
 
-        With one consumer the items before `start` that it looked at are still the first ones until it
-        takes some: the producer only appends.
+        An item's position is how many items were put before it: it stays the same while items before it
+        are taken, so a consumer that looked at the queue up to some position can look at only what came
+        since, whatever it took meanwhile. Taken items are gone: a `start` before the first waiting item
+        starts there. Costs what it returns, not the length of the queue.
         """
         with self._lock:
-            return list(islice(self._items, start, None))
+            first = max(start, self._taken)
+            count = self._taken + len(self._items) - first
+            if count <= 0:
+                return first, []
+            newest_first = list(islice(reversed(self._items), count))
+            newest_first.reverse()
+            return first, newest_first
 
     def get_many(self, limit: int, timeout: float) -> list[T]:
         """Up to `limit` items, oldest first; waits up to `timeout` seconds for the first ([] if none)."""
@@ -79,5 +89,6 @@ class Handoff(Generic[T]):
             items = self._items
             count = min(limit, len(items))
             taken = [items.popleft() for _ in range(count)]
+            self._taken += count
             self._not_full.notify()
             return taken

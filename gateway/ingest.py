@@ -79,6 +79,9 @@ class BatchResult:
     quarantined: list[QuarantineEntry] = field(default_factory=list)
 
 
+# What the gateway's queue holds from a position on, and the position of the first (Gateway.queued).
+Queued = Callable[[int], tuple[int, list[InboundMessage]]]
+
 Staged = TypeVar("Staged")
 Prepared = TypeVar("Prepared")
 
@@ -144,17 +147,19 @@ class IngestPipeline:
         self._to_recheck_since = 0.0
         # The gateway's queue (`watch_queue`), how much of it this batch has looked at, and the patients of
         # the batch in hand (their decisions are made, not committed: no reading of theirs may overtake).
-        self._queued: Callable[[int], list[InboundMessage]] | None = None
-        self._looked_at = 0
+        self._queued: Queued | None = None
+        self._looked_at = 0  # the queue position up to which it was looked at (kept from batch to batch)
         self._decided_ahead: set[str] = set()  # msg_ids decided while queued, until their batch comes
         self._batch_in_hand: list[tuple[InboundMessage, StoredReading]] = []
         self._in_hand: set[str] | None = None  # its patients, once a slow write needs them
 
-    def watch_queue(self, queued: Callable[[int], list[InboundMessage]]) -> None:
+    def watch_queue(self, queued: Queued) -> None:
         """Let critical readings waiting in the gateway's queue be decided before their batch.
 
-        `queued(start)` returns what waits in the queue from index `start` on, oldest first, without
-        taking it. Before a batch's decisions are made, and every `LOOK_EVERY` while its write runs, the
+        `queued(start)` returns what waits in the queue from position `start` on, oldest first, without
+        taking it, and the position of the first of it (gateway.handoff.Handoff.peek: positions do not
+        change as the queue is taken from). Each message is looked at once: a critical reading passed
+        over because its patient was in hand waits for its own batch, which puts it first. Before a batch's decisions are made, and every `LOOK_EVERY` while its write runs, the
         readings that arrived meanwhile are looked at: those critical by their value alone and not late
         (`RulesStep.urgent`), with the readings of their device queued before them, of patients with no
         reading in the batch in hand (their decisions are made and not committed: none may overtake),
@@ -195,7 +200,7 @@ class IngestPipeline:
             self._decided_ahead.difference_update(item.reading.msg_id for item in decoded)
         decoded = self._limit(batch, decoded, result)
         resolved = self._resolve(decoded, result)
-        self._batch_in_hand, self._in_hand, self._looked_at = resolved, None, 0
+        self._batch_in_hand, self._in_hand = resolved, None
         try:
             if self._rules is None:
                 self._write(resolved, result)
@@ -383,10 +388,9 @@ class IngestPipeline:
         except Exception as exc:  # their own batch decides them, as it would have anyway
             log.warning("could not decide queued critical readings ahead of their batch: %s", exc)
 
-    def _overtake(self, rules: RulesStep[Any, Any], queued: Callable[[int], list[InboundMessage]]) -> None:
-        fresh = queued(self._looked_at)
-        start = self._looked_at
-        self._looked_at += len(fresh)
+    def _overtake(self, rules: RulesStep[Any, Any], queued: Queued) -> None:
+        start, fresh = queued(self._looked_at)
+        self._looked_at = start + len(fresh)
         now = self._clock()
         last = -1
         devices: set[str] = set()
@@ -401,11 +405,12 @@ class IngestPipeline:
                 devices.add(outcome.device_id)
         if last < 0:
             return
+        first, queue = queued(0)
         # The readings of those devices queued before (a monitor emptying its memory sends several at
         # once), so the critical one is decided with its predecessors in view, as its batch would.
         readings = [
             reading
-            for message in queued(0)[: last + 1]
+            for message in queue[: last - first + 1]
             if not isinstance(reading := self._parsed(message, now), Rejection)
             and reading.device_id in devices
             and reading.msg_id not in self._decided_ahead

@@ -94,8 +94,9 @@ class Gateway:
         self._retry_max_delay = retry_max_delay
         self.stats = GatewayStats()
 
-    def queued(self, start: int) -> list[InboundMessage]:
-        """What waits in the queue from index `start` on, left there (IngestPipeline.watch_queue)."""
+    def queued(self, start: int) -> tuple[int, list[InboundMessage]]:
+        """What waits in the queue from position `start` on, left there, and the position of the first of
+        it (gateway.handoff.Handoff.peek; IngestPipeline.watch_queue)."""
         return self._queue.peek(start)
 
     @property

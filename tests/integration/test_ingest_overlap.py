@@ -417,9 +417,9 @@ def test_a_critical_reading_queued_behind_a_stalled_write_is_alerted_meanwhile(
     ]
     looked_at: list[int] = []
 
-    def queued(start: int) -> list[InboundMessage]:
+    def queued(start: int) -> tuple[int, list[InboundMessage]]:
         looked_at.append(start)
-        return queue[start:]
+        return start, queue[start:]
 
     pipeline.watch_queue(queued)
     flaky.release.clear()  # every write blocks until released
@@ -459,7 +459,7 @@ def test_a_critical_reading_queued_while_a_batch_is_decided_is_alerted_before_th
     # readings. The 205/125 that arrived meanwhile is decided before the batch's decisions are made.
     pipeline, _, db = deployment
     queue = [_message("other-severe", 1, 205, 125, OTHER_DEVICE)]
-    pipeline.watch_queue(lambda start: queue[start:])
+    pipeline.watch_queue(lambda start: (start, queue[start:]))
     rules = pipeline._rules
     assert rules is not None
     prepare = rules.prepare
@@ -486,7 +486,7 @@ def test_a_critical_reading_decided_from_the_queue_sees_its_device_s_readings_qu
         _message("own-queued", -30, 120, 80),  # another patient's reading in between: not taken
         _message("other-severe", -25, 205, 125, OTHER_DEVICE),
     ]
-    pipeline.watch_queue(lambda start: queue[start:])
+    pipeline.watch_queue(lambda start: (start, queue[start:]))
     flaky.release.clear()
     worker = threading.Thread(target=pipeline.process, args=([_message("own-0", 0, 121, 79)],))
     worker.start()
@@ -522,3 +522,24 @@ def test_messages_parsed_on_arrival_are_not_parsed_again_and_come_out_the_same(
     assert [(q.reason, q.payload) for q in result.quarantined] == [("not_json", raw[1].payload)]
     [alert] = _alerts_of(db, OTHER_PATIENT)
     assert alert.rule == "severe_bp"
+
+
+def test_the_queue_is_looked_at_from_where_the_last_batch_left_it(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
+) -> None:
+    # In a backlog the queue holds thousands: looking at all of it again for every batch cost the drain
+    # a tenth of its time (profiled). Each message is looked at once.
+    pipeline, _, _ = deployment
+    queue = [_message("other-0", 0, 120, 80, OTHER_DEVICE), _message("other-1", 1, 121, 80, OTHER_DEVICE)]
+    starts: list[int] = []
+
+    def queued(start: int) -> tuple[int, list[InboundMessage]]:
+        starts.append(start)
+        return start, queue[start:]
+
+    pipeline.watch_queue(queued)
+    pipeline.process([_message("own-0", 0, 121, 79)])
+    assert starts[0] == 0 and set(starts[1:]) <= {2}
+    starts.clear()
+    pipeline.process([_message("own-1", 1, 122, 79)])
+    assert starts and set(starts) == {2}

@@ -210,8 +210,10 @@ def test_the_pipeline_may_look_at_what_is_queued_without_taking_it() -> None:
     gateway, consumer = _gateway(batch_size=10, batch_max_wait=0.01)
     now = datetime.now(UTC)
     consumer.deliver([_message(n, now) for n in range(1, 4)])
-    assert [m.mid for m in gateway.queued(0)] == [1, 2, 3]
-    assert [m.mid for m in gateway.queued(2)] == [3]
+    first, queued = gateway.queued(0)
+    assert (first, [m.mid for m in queued]) == (0, [1, 2, 3])
+    first, queued = gateway.queued(2)
+    assert (first, [m.mid for m in queued]) == (2, [3])
     assert [m.mid for m in gateway._collect()] == [1, 2, 3]
 
 

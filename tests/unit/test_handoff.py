@@ -20,15 +20,21 @@ def test_items_come_out_in_order_up_to_the_limit_asked_for() -> None:
     assert handoff.qsize() == 0
 
 
-def test_peek_shows_what_waits_from_an_index_on_and_takes_nothing() -> None:
+def test_peek_shows_what_waits_from_a_position_on_and_takes_nothing() -> None:
     handoff: Handoff[int] = Handoff(100)
     handoff.put_many([1, 2, 3], timeout=0)
-    assert handoff.peek(0) == [1, 2, 3]
+    assert handoff.peek(0) == (0, [1, 2, 3])
     handoff.put_many([4], timeout=0)
-    assert handoff.peek(3) == [4]  # only what came since
-    assert handoff.peek(9) == []
+    assert handoff.peek(3) == (3, [4])  # only what came since
+    assert handoff.peek(9) == (9, [])
     assert handoff.qsize() == 4
-    assert handoff.get_many(10, timeout=0) == [1, 2, 3, 4]
+    assert handoff.get_many(2, timeout=0) == [1, 2]
+    # Positions stay: what was at 3 is still at 3 once two were taken; before the first is the first.
+    handoff.put_many([5], timeout=0)
+    assert handoff.peek(3) == (3, [4, 5])
+    assert handoff.peek(0) == (2, [3, 4, 5])
+    assert handoff.get_many(10, timeout=0) == [3, 4, 5]
+    assert handoff.peek(0) == (5, [])
 
 
 def test_a_full_queue_takes_what_fits_and_reports_how_much_after_the_timeout() -> None:
