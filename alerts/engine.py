@@ -114,10 +114,15 @@ class AlertEngine:
         now = self._clock()
         return StagedBatch(batch, now, self._history.for_batch(batch, now))
 
-    def prepare(self, staged: StagedBatch) -> PreparedBatch:
+    def prepare(self, staged: StagedBatch, between: Callable[[], object] | None = None) -> PreparedBatch:
         """The rules' decisions for a staged batch, nothing written (no store access either): the
         gateway runs this while the batch is being stored, and `commit`s it once the store has it (or,
-        for the part with a critical reading, right away: gateway.ingest)."""
+        for the part with a critical reading, right away: gateway.ingest).
+
+        `between` is called between patients: the gateway looks at its queue there for critical
+        readings (deciding a batch of a thousand readings takes tens of milliseconds). It may stage,
+        prepare and commit other patients' readings, not this batch's.
+        """
         by_patient: dict[str, list[tuple[StoredReading, ReadingView]]] = defaultdict(list)
         for stored, view in zip(staged.batch, staged.history.views, strict=True):
             by_patient[stored.patient_id].append((stored, view))
@@ -126,7 +131,7 @@ class AlertEngine:
                 thresholds = self._thresholds.thresholds_for(session, by_patient.keys())
         except DBAPIError as exc:
             raise AlertStoreUnavailable(f"could not read thresholds: {str(exc.orig)[:300]}") from exc
-        decisions = self._decide(by_patient, staged.history.series, thresholds, staged.now)
+        decisions = self._decide(by_patient, staged.history.series, thresholds, staged.now, between)
         return PreparedBatch(
             staged.batch,
             staged.now,
@@ -171,9 +176,12 @@ class AlertEngine:
         series: dict[str, dict[str, Series]],
         thresholds: dict[str, tuple[Thresholds, str]],
         now: datetime,
+        between: Callable[[], object] | None = None,
     ) -> list[Decision]:
         decisions: list[Decision] = []
         for patient, readings in by_patient.items():
+            if between is not None:
+                between()
             patient_thresholds = thresholds.get(patient, (self._clinic, "clinic"))[0]
             seen: set[str] = set()
             views = []

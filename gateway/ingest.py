@@ -28,12 +28,13 @@ conflict, a series limit), kept in quarantine; until then the broker redelivers 
 changes nothing. The alert holds the values it was raised for (`Alert.worst_value_text`, its events'
 msg_id), so it reads the same whether or not the chart could store the point.
 
-Nor does a critical reading wait in the gateway's queue for the batch before it (`watch_queue`). Messages
-are parsed as they arrive (`triage`), and at a few points of each batch (before its decisions are made,
-and while its write runs) the pipeline looks at what arrived meanwhile: a critical reading there is
-decided and its alert committed at once, with the readings of its device queued before it (bench: under
-5,000 readings/s a probe waited half a batch, 30-45 ms, and its own batch's decoding, before its part
-began). It stays in the queue and is stored, decided again (a no-op) and acknowledged with its batch.
+Nor does a critical reading wait in the gateway's queue for the batch before it (`watch_queue`).
+Messages are parsed as they arrive (`triage`), and every 10 ms of each batch (between its patients'
+decisions, while its write runs, after its commit) the pipeline looks at what arrived meanwhile: a
+critical reading there is decided and its alert committed at once, with the readings of its device
+queued before it (bench: under 5,000 readings/s a probe waited half a batch, 30-45 ms, and its own
+batch's decoding, before its part began). It stays in the queue and is stored, decided again (a no-op)
+and acknowledged with its batch.
 """
 
 from __future__ import annotations
@@ -92,8 +93,9 @@ class RulesStep(Protocol[Staged, Prepared]):
     def stage(self, batch: Sequence[StoredReading]) -> Staged:
         """Read what deciding needs from the store; before the batch's write, never alongside it."""
 
-    def prepare(self, staged: Staged) -> Prepared:
-        """Decide (nothing written, the store not read); may run while the batch is being stored."""
+    def prepare(self, staged: Staged, between: Callable[[], object] | None = None) -> Prepared:
+        """Decide (nothing written, the store not read); may run while the batch is being stored.
+        Calls `between` (when given) now and then, between patients."""
 
     def commit(self, prepared: Prepared) -> object:
         """Apply what `prepare` decided, once the batch is stored."""
@@ -149,6 +151,7 @@ class IngestPipeline:
         # the batch in hand (their decisions are made, not committed: no reading of theirs may overtake).
         self._queued: Queued | None = None
         self._looked_at = 0  # the queue position up to which it was looked at (kept from batch to batch)
+        self._last_look = float("-inf")
         self._decided_ahead: set[str] = set()  # msg_ids decided while queued, until their batch comes
         self._batch_in_hand: list[tuple[InboundMessage, StoredReading]] = []
         self._in_hand: set[str] | None = None  # its patients, once a slow write needs them
@@ -158,16 +161,18 @@ class IngestPipeline:
 
         `queued(start)` returns what waits in the queue from position `start` on, oldest first, without
         taking it, and the position of the first of it (gateway.handoff.Handoff.peek: positions do not
-        change as the queue is taken from). Each message is looked at once: a critical reading passed
-        over because its patient was in hand waits for its own batch, which puts it first. Before a batch's decisions are made, and every `LOOK_EVERY` while its write runs, the
-        readings that arrived meanwhile are looked at: those critical by their value alone and not late
-        (`RulesStep.urgent`), with the readings of their device queued before them, of patients with no
-        reading in the batch in hand (their decisions are made and not committed: none may overtake),
-        are decided and their alerts committed. A 200/125 that arrives while a batch of hundreds is being
-        decided, or whose write stalls while InfluxDB compacts, waits for neither. The readings stay in
-        the queue: their own batch later stores them, decides them again (a no-op: the lifecycle keys on
-        msg_id) and acknowledges them in order, as every message is. Nothing is written to InfluxDB or
-        acknowledged out of turn, and a failure here only leaves the work to that batch.
+        change as the queue is taken from). While a batch is decided (between its patients), while its
+        write runs, and after its commit, at most every `LOOK_EVERY`, the readings that arrived since the
+        last look are looked at: those critical by their value alone and not late (`RulesStep.urgent`),
+        with the readings of their device queued before them, of patients with no reading in the batch
+        in hand (their decisions are made and not committed: none may overtake), are decided and their
+        alerts committed. A 200/125 that arrives while a batch of hundreds is being decided, or whose
+        write stalls while InfluxDB compacts, waits for neither. Each message is looked at once: a
+        critical reading passed over because its patient was in hand waits for its own batch, which puts
+        it first. The readings stay in the queue: their own batch later stores them, decides them again
+        (a no-op: the lifecycle keys on msg_id) and acknowledges them in order, as every message is.
+        Nothing is written to InfluxDB or acknowledged out of turn, and a failure here only leaves the
+        work to that batch.
         """
         self._queued = queued
 
@@ -200,7 +205,7 @@ class IngestPipeline:
             self._decided_ahead.difference_update(item.reading.msg_id for item in decoded)
         decoded = self._limit(batch, decoded, result)
         resolved = self._resolve(decoded, result)
-        self._batch_in_hand, self._in_hand = resolved, None
+        self._batch_in_hand, self._in_hand, self._last_look = resolved, None, float("-inf")
         try:
             if self._rules is None:
                 self._write(resolved, result)
@@ -210,6 +215,7 @@ class IngestPipeline:
                     if prepared is not None:
                         # Rule evaluation: before the ack, so a crash re-evaluates rather than forgets.
                         self._rules.commit(prepared)
+                self._look_if_due()  # what arrived while the batch was committed need not wait for the next
         finally:
             self._batch_in_hand, self._in_hand = [], None  # held only while in hand
         if result.quarantined:
@@ -350,9 +356,8 @@ class IngestPipeline:
         staged = rules.stage(readings)
         pending = self._writer.submit(self._store.write, readings)
         try:
-            if not commit_early:  # a critical part's own decisions come first
-                self._look_in_queue()
-            prepared = rules.prepare(staged)
+            # A critical part's own decisions come first; the rest's are made with looks in the queue.
+            prepared = rules.prepare(staged) if commit_early else rules.prepare(staged, self._look_if_due)
             if commit_early:
                 rules.commit(prepared)
         except BaseException:
@@ -375,14 +380,20 @@ class IngestPipeline:
         """Wait for the write, looking in the queue for critical readings meanwhile."""
         if self._queued is None or self._rules is None:
             return
-        self._look_in_queue()
+        self._look_if_due()
         while not wait_for_futures([pending], timeout=LOOK_EVERY).done:
+            self._look_in_queue()
+
+    def _look_if_due(self) -> None:
+        """Look in the queue if the last look was `LOOK_EVERY` ago or more (or none this batch)."""
+        if self._monotonic() - self._last_look >= LOOK_EVERY:
             self._look_in_queue()
 
     def _look_in_queue(self) -> None:
         """Decide the critical readings that arrived in the queue since the last look (`watch_queue`)."""
         if self._queued is None or self._rules is None:
             return
+        self._last_look = self._monotonic()
         try:
             self._overtake(self._rules, self._queued)
         except Exception as exc:  # their own batch decides them, as it would have anyway

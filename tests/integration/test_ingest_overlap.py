@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from alerts import engine as engine_module
 from alerts.engine import AlertEngine
 from alerts.history import RecentReadings
 from alerts.tables import Alert
@@ -277,7 +278,7 @@ def test_a_failed_decision_waits_for_the_write_before_the_attempt_ends(
     rules = pipeline._rules
     assert rules is not None
 
-    def failing(batch: Sequence[StoredReading]) -> object:
+    def failing(staged: object, between: object = None) -> object:
         threading.Timer(0.3, flaky.release.set).start()  # released after prepare has failed
         raise RuntimeError("injected: the rules failed")
 
@@ -452,27 +453,35 @@ def test_a_critical_reading_queued_behind_a_stalled_write_is_alerted_meanwhile(
     assert len(_severe_alerts(db)) == 1
 
 
-def test_a_critical_reading_queued_while_a_batch_is_decided_is_alerted_before_the_batch_is(
+def test_a_critical_reading_that_arrives_while_a_batch_is_decided_is_alerted_before_the_batch_is(
     deployment: tuple[IngestPipeline, FlakyStore, MigratedDb], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No stall: the batch in hand is decided as usual, which takes tens of milliseconds for hundreds of
-    # readings. The 205/125 that arrived meanwhile is decided before the batch's decisions are made.
+    # patients. A 205/125 that arrives after the first patient's decisions is decided before the next's.
     pipeline, _, db = deployment
-    queue = [_message("other-severe", 1, 205, 125, OTHER_DEVICE)]
+    third_device, third_patient = "bp-overlap-3", "P-OVERLAP-3"
+    with db.sessions.begin() as session:
+        add_patient(session, patient_id=third_patient, display_name="Third", phone="+79990004003")
+        enrol_device(
+            session, device_id=third_device, patient_id=third_patient, valid_from=T0 - timedelta(days=30)
+        )
+    queue: list[InboundMessage] = []
     pipeline.watch_queue(lambda start: (start, queue[start:]))
-    rules = pipeline._rules
-    assert rules is not None
-    prepare = rules.prepare
-    alerted_when_prepared: dict[str, int] = {}
+    ticks = iter(range(1_000_000))
+    monkeypatch.setattr(pipeline, "_monotonic", lambda: float(next(ticks)))  # every look is due
+    alerted_when_decided: dict[str, int] = {}
+    evaluate_series = engine_module.evaluate_series
 
-    def noting_prepare(staged: Any) -> Any:
-        for stored in staged.batch:
-            alerted_when_prepared[stored.reading.msg_id] = len(_alerts_of(db, OTHER_PATIENT))
-        return prepare(staged)
+    def noting(thresholds: Any, patient: str, series: Any, views: Any, *args: Any, **kwargs: Any) -> Any:
+        for view in views:
+            alerted_when_decided[view.msg_id] = len(_alerts_of(db, OTHER_PATIENT))
+        if patient == third_patient:  # it arrives now
+            queue.append(_message("other-severe", 1, 205, 125, OTHER_DEVICE))
+        return evaluate_series(thresholds, patient, series, views, *args, **kwargs)
 
-    monkeypatch.setattr(rules, "prepare", noting_prepare)
-    pipeline.process([_message("own-0", 0, 121, 79), _message("own-1", 2, 122, 78)])
-    assert alerted_when_prepared == {"other-severe": 0, "own-0": 1, "own-1": 1}
+    monkeypatch.setattr(engine_module, "evaluate_series", noting)
+    pipeline.process([_message("third-0", 0, 120, 80, third_device), _message("own-0", 0, 121, 79)])
+    assert alerted_when_decided == {"third-0": 0, "other-severe": 0, "own-0": 1}
 
 
 def test_a_critical_reading_decided_from_the_queue_sees_its_device_s_readings_queued_before_it(
