@@ -147,14 +147,14 @@ class IngestPipeline:
         self._monotonic = monotonic
         self._to_recheck: dict[tuple[str, str], StoredReading] = {}
         self._to_recheck_since = 0.0
-        # The gateway's queue (`watch_queue`), how much of it this batch has looked at, and the patients of
-        # the batch in hand (their decisions are made, not committed: no reading of theirs may overtake).
+        # The gateway's queue (`watch_queue`), how far it was looked at and when, and the patients of the
+        # batch in hand (their decisions are made, not committed: no reading of theirs may overtake).
         self._queued: Queued | None = None
         self._looked_at = 0  # the queue position up to which it was looked at (kept from batch to batch)
         self._last_look = float("-inf")
         self._decided_ahead: set[str] = set()  # msg_ids decided while queued, until their batch comes
         self._batch_in_hand: list[tuple[InboundMessage, StoredReading]] = []
-        self._in_hand: set[str] | None = None  # its patients, once a slow write needs them
+        self._in_hand: set[str] | None = None  # its patients, once a look finds a critical reading
 
     def watch_queue(self, queued: Queued) -> None:
         """Let critical readings waiting in the gateway's queue be decided before their batch.
