@@ -46,7 +46,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import islice
 from typing import Any, Protocol, TypeVar
 
 from gateway import metrics
@@ -145,8 +144,11 @@ class IngestPipeline:
         # reloaded from the store (see `recheck`): the newest reading it stored per patient and type.
         self._recheck_after = recheck_after if rules is not None else None
         self._monotonic = monotonic
-        self._to_recheck: dict[tuple[str, str], StoredReading] = {}
-        self._to_recheck_since = 0.0
+        # Per patient and type, the newest reading stored and when one of them was last stored, in that
+        # order (the oldest noted first); all of it due once too much is noted; none after a failure.
+        self._to_recheck: dict[tuple[str, str], tuple[StoredReading, float]] = {}
+        self._recheck_all = False
+        self._recheck_paused_until = float("-inf")
         # The gateway's queue (`watch_queue`), how far it was looked at and when, and the patients of the
         # batch in hand (their decisions are made, not committed: no reading of theirs may overtake).
         self._queued: Queued | None = None
@@ -226,16 +228,20 @@ class IngestPipeline:
 
     def recheck(self, *, force: bool = False) -> int:
         """Decide again the newest reading stored per patient and type since the last recheck, with those
-        patients' history reloaded from the store, once `recheck_after` seconds have passed (or now, with
-        `force`); returns how many readings were decided again (0 when none were due).
+        patients' history reloaded from the store, once `recheck_after` seconds have passed since this
+        gateway last stored a reading of that patient and type (or now, with `force`); returns how many
+        readings were decided again (0 when none were due).
 
         For members of a shared subscription. Each member sees only its share of a patient's readings
         and its history cache trusts what it loaded for a minute, so two readings of one patient taken
         by two gateways at nearly the same time (a monitor emptying its buffer, two readings a minute
         apart) can each be decided without the other: 2-of-3 high blood pressure, for one, would then
         never fire. Rechecking after one's own write sees every reading stored before: of any two
-        readings, the one stored last is decided again with the other in view. Deciding a reading again
-        is a no-op for what was applied already (the lifecycle keys on msg_id).
+        readings, the one stored last is decided again with the other in view. Each patient and type
+        waits its own delay: counted from the first reading noted instead, a monitor's readings that came
+        just before it was due were decided again at once, before the other gateway had stored its share
+        (CI: no alert). Deciding a reading again is a no-op for what was applied already (the lifecycle
+        keys on msg_id).
 
         At most `RECHECK_CHUNK` readings are decided per call (the rest stay due, for the next calls:
         memory and the pause between batches stay bounded), and once `RECHECK_MAX_NOTED` patients and
@@ -244,30 +250,40 @@ class IngestPipeline:
         """
         if self._recheck_after is None or self._rules is None or not self._to_recheck:
             return 0
-        if len(self._to_recheck) >= RECHECK_MAX_NOTED:
-            self._to_recheck_since = float("-inf")  # all of it due now, chunk after chunk
-        if not force and self._monotonic() - self._to_recheck_since < self._recheck_after:
+        now = self._monotonic()
+        if not force and now < self._recheck_paused_until:
             return 0
-        keys = list(islice(self._to_recheck, RECHECK_CHUNK))
-        readings = [self._to_recheck[key] for key in keys]
+        if len(self._to_recheck) >= RECHECK_MAX_NOTED:
+            self._recheck_all = True  # all of it due now, chunk after chunk
+        everything, due_by = force or self._recheck_all, now - self._recheck_after
+        keys: list[tuple[str, str]] = []
+        for key, (_, noted_at) in self._to_recheck.items():
+            if len(keys) == RECHECK_CHUNK or (not everything and noted_at > due_by):
+                break  # in the order of noting: the rest are not due either
+            keys.append(key)
+        if not keys:
+            return 0
+        readings = [self._to_recheck[key][0] for key in keys]
         self._rules.forget(readings)  # reloaded from the store: what the other gateways stored too
         try:
             self._rules.commit(self._rules.prepare(self._rules.stage(readings)))
         except BaseException:
-            self._to_recheck_since = self._monotonic()  # tried again `recheck_after` seconds from now
+            self._recheck_paused_until = now + self._recheck_after  # tried again that much later
             raise
         for key in keys:  # noted meanwhile by no one: batches are processed on this thread too
             del self._to_recheck[key]
+        if not self._to_recheck:
+            self._recheck_all = False
         return len(readings)
 
     def _note_for_recheck(self, stored: Sequence[StoredReading]) -> None:
-        if stored and not self._to_recheck:
-            self._to_recheck_since = self._monotonic()
+        now = self._monotonic()
         for reading in stored:
             key = (reading.patient_id, reading.reading.type)
-            noted = self._to_recheck.get(key)
-            if noted is None or reading.reading.measured_at >= noted.reading.measured_at:
-                self._to_recheck[key] = reading
+            noted = self._to_recheck.pop(key, None)  # put back at the end: the dict in the order of noting
+            if noted is not None and reading.reading.measured_at < noted[0].reading.measured_at:
+                reading = noted[0]  # the newest is decided again, with every other in view
+            self._to_recheck[key] = (reading, now)
 
     def _decode(self, batch: Sequence[InboundMessage], result: BatchResult) -> list[_Decoded]:
         now = self._clock()

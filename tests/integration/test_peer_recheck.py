@@ -18,6 +18,7 @@ from alerts.history import RecentReadings
 from alerts.tables import Alert
 from alerts.thresholds import Thresholds
 from gateway import ingest
+from gateway.errors import StorageUnavailable
 from gateway.ingest import IngestPipeline
 from gateway.mqtt import InboundMessage
 from gateway.quarantine import Quarantine
@@ -138,6 +139,61 @@ def test_two_high_readings_taken_by_two_gateways_raise_high_bp_on_the_second_loo
     b.pipeline.process([_message("high-2", 11, 168, 104)])  # a redelivery
     b.pipeline.recheck(force=True)
     assert _alerts(db) == [("high_bp", True)]
+
+
+def test_each_reading_s_second_look_waits_its_own_delay_whatever_was_noted_before_it(
+    two_gateways: tuple[Gateway, Gateway, Ticks, MigratedDb],
+) -> None:
+    # b noted normal-0 a while ago; high-2 comes just before normal-0's second look is due. high-2's own
+    # look must wait the full delay: a stores high-1 meanwhile (CI: two gateways took a monitor's four
+    # readings a second after a first one, decided them again at once, and never raised the alert).
+    a, b, ticks, db = two_gateways
+    b.pipeline.process([_message("normal-0", 0, 125, 80)])
+    ticks.now += RECHECK_AFTER - 1
+    b.pipeline.process([_message("high-2", 11, 168, 104)])
+    ticks.now += 1
+    assert b.pipeline.recheck() == 0  # normal-0's turn has come, but high-2 replaced it: not yet
+    a.pipeline.process([_message("high-1", 10, 170, 105)])
+    assert _alerts(db) == []
+    ticks.now += RECHECK_AFTER
+    assert b.pipeline.recheck() == 1
+    assert _alerts(db) == [("high_bp", True)]
+
+
+def test_readings_noted_later_wait_while_earlier_ones_are_decided_again(
+    two_gateways: tuple[Gateway, Gateway, Ticks, MigratedDb],
+) -> None:
+    a, _, ticks, _ = two_gateways
+    a.pipeline.process([_message("own-1", 0, 125, 80)])
+    ticks.now += RECHECK_AFTER - 1
+    a.pipeline.process([_message("other-1", 2, 124, 79, OTHER_DEVICE)])
+    ticks.now += 1
+    assert a.pipeline.recheck() == 1  # own-1 only
+    assert a.pipeline.recheck() == 0
+    ticks.now += RECHECK_AFTER
+    assert a.pipeline.recheck() == 1  # other-1, in its turn
+
+
+def test_a_failed_second_look_is_tried_again_after_the_delay(
+    two_gateways: tuple[Gateway, Gateway, Ticks, MigratedDb], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, _, ticks, _ = two_gateways
+    a.pipeline.process([_message("own-1", 0, 125, 80)])
+    ticks.now += RECHECK_AFTER
+    rules = a.pipeline._rules
+    assert rules is not None
+    stage = rules.stage
+
+    def unreachable(batch: object) -> object:
+        raise StorageUnavailable("injected: InfluxDB unreachable")
+
+    monkeypatch.setattr(rules, "stage", unreachable)
+    with pytest.raises(StorageUnavailable):
+        a.pipeline.recheck()
+    monkeypatch.setattr(rules, "stage", stage)
+    assert a.pipeline.recheck() == 0  # not hammered while the store is down
+    ticks.now += RECHECK_AFTER
+    assert a.pipeline.recheck() == 1
 
 
 def test_the_second_look_clears_what_a_partial_history_left_open(
