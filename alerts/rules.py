@@ -103,8 +103,9 @@ class Series:
         self._severe: dict[tuple[int, int], list[tuple[datetime, str]]] = {}
         # Running sums of (systolic, diastolic), so a window's sums are two subtractions however long the
         # history (a 7-day mean summed per reading was a fifth of rule evaluation with 2,000 readings a
-        # patient: bench). `_sums[i]` is a base plus the sums of the first i readings, valid for
-        # i <= `_sums_valid`; a change before the end invalidates from there, made good on the next use.
+        # patient: bench). `_systolic_sums[i]` is a base plus the sum of the first i readings (so with
+        # diastolic), valid for i <= `_sums_valid`; a change before the end invalidates from there, made
+        # good on the next use.
         self._systolic_sums = [0]
         self._diastolic_sums = [0]
         self._sums_valid = 0
@@ -179,7 +180,7 @@ class Series:
         self.systolic.insert(at, systolic)
         self.diastolic.insert(at, diastolic)
         for (severe_sbp, severe_dbp), severe in self._severe.items():
-            if _at_or_above(reading.systolic or 0, reading.diastolic or 0, severe_sbp, severe_dbp):
+            if _at_or_above(systolic, diastolic, severe_sbp, severe_dbp):
                 insort(severe, (reading.measured_at, reading.msg_id))
 
     def _invalidate_sums(self, at: int) -> None:
@@ -252,20 +253,23 @@ class _Window:
     def _start(self, span: timedelta) -> int:
         return bisect_left(self.series.times, self.reading.measured_at - span, 0, self.end)
 
-    def within(self, span: timedelta) -> list[ReadingView]:
-        """Prior readings at most `span` before the current one, oldest first."""
-        start, own, readings = self._start(span), self.own, self.series.readings
+    def _prior_from(self, start: int) -> list[ReadingView]:
+        """The prior readings from position `start` on, oldest first (its own copy left out)."""
+        own, readings = self.own, self.series.readings
         if own is None or own < start:
             return readings[start : self.end]
         return [*readings[start:own], *readings[own + 1 : self.end]]
 
+    def within(self, span: timedelta) -> list[ReadingView]:
+        """Prior readings at most `span` before the current one, oldest first."""
+        return self._prior_from(self._start(span))
+
     def last_within(self, span: timedelta, count: int) -> list[ReadingView]:
         """The last `count` (at most) prior readings at most `span` before the current one, oldest first."""
-        start = max(self._start(span), self.end - count - 1)  # one more, in case its own copy is among them
-        own, readings = self.own, self.series.readings
-        if own is None or own < start:
-            return readings[start : self.end][-count:] if count > 0 else []
-        return [*readings[start:own], *readings[own + 1 : self.end]][-count:] if count > 0 else []
+        if count <= 0:
+            return []
+        # One more than asked for, in case its own copy is among them.
+        return self._prior_from(max(self._start(span), self.end - count - 1))[-count:]
 
     def _severe_between(self, t: Thresholds, start: datetime, end: datetime) -> list[tuple[datetime, str]]:
         """Keys of the severe prior readings measured from `start` to `end` (inclusive), own left out."""
