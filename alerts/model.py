@@ -117,9 +117,14 @@ class Confirmation(StrEnum):
     NO_REPEAT = "no_repeat"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReadingView:
-    """What the rules need of a stored reading, flat (glucose always in mmol/L)."""
+    """What the rules need of a stored reading, flat (glucose always in mmol/L).
+
+    Not changed once built (the history cache shares views between batches); not frozen, because one
+    is built for every reading decided and every one loaded, and a frozen dataclass's constructor (a
+    call of `object.__setattr__` per field) cost three times as much.
+    """
 
     msg_id: str
     device_id: str
@@ -136,25 +141,31 @@ class ReadingView:
     def from_stored(cls, stored: StoredReading) -> ReadingView:
         """Flatten a stored reading."""
         reading = stored.reading
+        # Positional: the fields' order above (a view is built per reading decided and per one loaded).
         if isinstance(reading, BloodPressureReading):
             return cls(
-                msg_id=reading.msg_id,
-                device_id=reading.device_id,
-                type="blood_pressure",
-                measured_at=reading.measured_at,
-                systolic=reading.systolic,
-                diastolic=reading.diastolic,
-                pulse=reading.pulse,
-                quality=stored.quality,
+                reading.msg_id,
+                reading.device_id,
+                "blood_pressure",
+                reading.measured_at,
+                reading.systolic,
+                reading.diastolic,
+                reading.pulse,
+                None,
+                None,
+                stored.quality,
             )
         return cls(
-            msg_id=reading.msg_id,
-            device_id=reading.device_id,
-            type="glucose",
-            measured_at=reading.measured_at,
-            glucose_mmol=reading.value_mmol,
-            censored=reading.censored,
-            quality=stored.quality,
+            reading.msg_id,
+            reading.device_id,
+            "glucose",
+            reading.measured_at,
+            None,
+            None,
+            None,
+            reading.value_mmol,
+            reading.censored,
+            stored.quality,
         )
 
     @property

@@ -179,25 +179,16 @@ class IngestPipeline:
         self._queued = queued
 
     def triage(self, messages: list[InboundMessage]) -> list[InboundMessage]:
-        """The messages with their payloads parsed (`InboundMessage.parsed`), as they arrive.
+        """The messages, each with its payload parsed (`InboundMessage.parsed`, set in place), as they arrive.
 
         The gateway calls it on paho's network thread, before queueing them: the batch loop then does
         not parse them, and the look in the queue (`watch_queue`) finds critical readings without
         parsing anything twice. Parsing never raises for bad input (a Rejection is kept instead).
         """
         now, limits = self._clock(), self._limits
-        return [
-            InboundMessage(
-                m.topic,
-                m.payload,
-                m.mid,
-                m.qos,
-                m.generation,
-                m.received_at,
-                parse(m.topic, m.payload, now=now, limits=limits),
-            )
-            for m in messages
-        ]
+        for message in messages:
+            message.parsed = parse(message.topic, message.payload, now=now, limits=limits)
+        return messages
 
     def process(self, batch: Sequence[InboundMessage]) -> BatchResult:
         """Store what is valid and enrolled, quarantine the rest; raises if either cannot be written."""

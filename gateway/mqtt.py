@@ -30,9 +30,14 @@ from rpmgw.settings import MqttSettings
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InboundMessage:
-    """One message as received; `generation` counts connections, so acks never cross a reconnect."""
+    """One message as received; `generation` counts connections, so acks never cross a reconnect.
+
+    Not frozen: built for every message on paho's thread, where a frozen dataclass's constructor cost
+    twice as much (it sets each field through `object.__setattr__`), and `parsed` is set on arrival
+    (`IngestPipeline.triage`). Nothing changes a message after that.
+    """
 
     topic: str
     payload: bytes

@@ -12,12 +12,14 @@ from gateway.wire import Reading
 ReadingType = Literal["blood_pressure", "glucose"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoredReading:
     """A valid reading resolved to its patient, as it is written to and read back from the store.
 
     `quality` holds device flags plus the gateway's suspicion flags; non-empty means the value needs
-    re-measurement rather than being taken as confirmed.
+    re-measurement rather than being taken as confirmed. Not changed once built; not frozen, because
+    one is built for every reading stored and read back, and a frozen dataclass's constructor (a call
+    of `object.__setattr__` per field) cost twice as much.
     """
 
     patient_id: str
