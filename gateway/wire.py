@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal
 
+import jiter
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -77,7 +78,23 @@ class _Payload(BaseModel):
             raise ValueError(
                 "must be an RFC 3339 date-time text with a time zone offset, e.g. 2026-11-28T08:15:02+05:00"
             )
-        return value
+        return _stdlib_datetime(value)
+
+
+def _stdlib_datetime(text: str) -> datetime | str:
+    """The RFC 3339 `text` as a datetime with a `datetime.timezone`, or `text` itself for pydantic to
+    parse (and to word its error) when the standard library does not take it or it is before 1970.
+
+    Pydantic's own parse gives the same instant with its `TzInfo`, whose `utcoffset` is a call into Rust
+    of 0.4 µs: every comparison and subtraction with a time of another zone object (the clock, the
+    history's bounds, the enrolments) paid it twice, several times per reading. A test holds the two
+    parses to the same result.
+    """
+    try:
+        moment = datetime.fromisoformat(text)
+        return moment if moment >= EARLIEST_MEASURED_AT else text
+    except (ValueError, OverflowError):
+        return text
 
 
 class BloodPressureReading(_Payload):
@@ -206,6 +223,21 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _JSON: Final = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
 
 
+def _fast_json(payload: bytes) -> Any | None:
+    """The payload's JSON value by jiter (Rust, about 3 µs less per reading than `_JSON`), or None when
+    jiter refuses it: then `_JSON` decides, so what is accepted and each error's text stay as they were.
+
+    jiter takes no more than `_JSON` does: NaN and Infinity and duplicate keys are refused here too, it
+    refuses lone surrogate escapes (`_JSON` takes them, and the schema then refuses them in its words)
+    and nesting deeper than about 200 (`_JSON` takes some), and what both take comes out the same (a
+    property test holds both).
+    """
+    try:
+        return jiter.from_json(payload, allow_inf_nan=False, catch_duplicate_keys=True, cache_mode="keys")
+    except ValueError:
+        return None
+
+
 def _shown(value: Any, limit: int = 60) -> str:
     """A JSON value as a device maker would write it, shortened; containers only by kind."""
     if isinstance(value, dict):
@@ -297,7 +329,9 @@ def parse(
     except UnicodeDecodeError as exc:
         return Rejection("not_utf8", f"payload is not UTF-8: {exc.reason} at byte {exc.start}", topic_device)
     try:
-        document = _JSON.decode(text)
+        document = _fast_json(payload)
+        if document is None:  # not taken by the fast parser: the standard one decides, in its words
+            document = _JSON.decode(text)
     except RecursionError:
         return Rejection(
             "not_json", "payload is not JSON the gateway accepts: nested too deeply", topic_device

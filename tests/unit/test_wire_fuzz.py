@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from unittest.mock import patch
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway import wire
 from gateway.wire import (
     BloodPressureReading,
     GlucoseReading,
@@ -409,3 +412,125 @@ def test_future_rule_under_any_limit(message: tuple[str, dict[str, Any]], skew: 
     else:
         assert not isinstance(result, Rejection), result
         assert_reading_keeps_contract(topic, json.dumps(document).encode(), result, now, limits)
+
+
+# ------------------------------------------------------------------------- the parser's fast paths
+# `parse` decodes JSON with jiter and measured_at with the standard library, falling back to the
+# standard JSON decoder and to pydantic's date parser when those refuse (gateway.wire: `_fast_json`,
+# `_stdlib_datetime`). Whatever arrives, the outcome must be the one the slow paths alone give.
+
+
+def parse_slowly(
+    topic: str, body: bytes, now: datetime = NOW
+) -> BloodPressureReading | GlucoseReading | Rejection:
+    """`parse` with both fast paths turned off."""
+    with (
+        patch.object(wire, "_fast_json", return_value=None),
+        patch.object(wire, "_stdlib_datetime", side_effect=lambda text: text),
+    ):
+        return parse(topic, body, now=now, limits=LIMITS)
+
+
+def assert_same_as_slow(topic: str, body: bytes, now: datetime = NOW) -> None:
+    fast, slow = parse(topic, body, now=now, limits=LIMITS), parse_slowly(topic, body, now)
+    assert type(fast) is type(slow), (fast, slow, body)
+    assert fast == slow, body
+    if not isinstance(fast, Rejection):
+        assert not isinstance(slow, Rejection)
+        # Equal datetimes may differ in their offset: the text keeps the device's own.
+        assert fast.measured_at.isoformat() == slow.measured_at.isoformat(), body
+        assert fast.model_dump() == slow.model_dump(), body
+
+
+@st.composite
+def rfc3339_like(draw: st.DrawFn) -> str:
+    """Texts the contract's pattern admits, dates and times out of range included (day 31 of
+    February, hour 24, second 60, year 0), some too far ahead or before 1970."""
+    year = draw(st.sampled_from([0, 1, 1969, 1970, 2024, 2026, 2027, 9999]) | st.integers(0, 9999))
+    month, day = draw(st.integers(0, 13)), draw(st.integers(0, 32))
+    hour, minute, second = draw(st.integers(0, 25)), draw(st.integers(0, 60)), draw(st.integers(0, 61))
+    fraction = draw(st.sampled_from(["", "."]))
+    if fraction:
+        fraction += draw(st.text(alphabet="0123456789", min_size=1, max_size=9))
+    separator = draw(st.sampled_from(["T", "t", " "]))
+    offset = draw(
+        st.sampled_from(["Z", "z"])
+        | st.builds(
+            lambda sign, hours, minutes: f"{sign}{hours:02d}:{minutes:02d}",
+            st.sampled_from(["+", "-"]),
+            st.integers(0, 23),
+            st.integers(0, 59),
+        )
+    )
+    text = (
+        f"{year:04d}-{month:02d}-{day:02d}{separator}{hour:02d}:{minute:02d}:{second:02d}{fraction}{offset}"
+    )
+    assert wire.RFC3339_RE.fullmatch(text)
+    return text
+
+
+@FUZZ
+@given(message=mutated_payloads())
+def test_fast_paths_change_nothing_for_mutated_payloads(message: tuple[str, bytes]) -> None:
+    assert_same_as_slow(*message)
+
+
+@FUZZ
+@given(topic=topics, text=st.text(max_size=300))
+def test_fast_paths_change_nothing_for_arbitrary_text(topic: str, text: str) -> None:
+    assert_same_as_slow(topic, text.encode("utf-8", "surrogatepass"))
+
+
+@FUZZ
+@given(message=valid_messages(), pretty=st.booleans(), ascii_only=st.booleans())
+def test_fast_paths_change_nothing_for_valid_payloads(
+    message: tuple[str, dict[str, Any]], pretty: bool, ascii_only: bool
+) -> None:
+    topic, document = message
+    assert_same_as_slow(
+        topic, json.dumps(document, indent=2 if pretty else None, ensure_ascii=ascii_only).encode()
+    )
+
+
+@FUZZ
+@given(measured_at=rfc3339_like(), now=st.sampled_from([NOW, datetime(9999, 12, 31, 23, 59, tzinfo=UTC)]))
+def test_measured_at_parses_as_pydantic_parses_it(measured_at: str, now: datetime) -> None:
+    """Every text the pattern admits: the same instant, offset and fraction, or the same error."""
+    document = {**SWEEP_BASES[0], "measured_at": measured_at}
+    assert_same_as_slow("rpm/devices/bp-000123/readings", json.dumps(document).encode(), now)
+
+
+def test_fast_paths_are_taken() -> None:
+    """The fast paths are what a valid payload goes through (were they bypassed, nothing would fail
+    but the gateway's speed): a standard-library time zone, and jiter's decoding."""
+    for offset, zone in [("Z", UTC), ("+05:00", timezone(timedelta(hours=5)))]:
+        document = {**SWEEP_BASES[0], "measured_at": f"2026-11-28T03:15:02{offset}"}
+        body = json.dumps(document).encode()
+        reading = parse("rpm/devices/bp-000123/readings", body, now=NOW)
+        assert isinstance(reading, BloodPressureReading)
+        assert type(reading.measured_at.tzinfo) is timezone and reading.measured_at.tzinfo == zone
+        assert wire._fast_json(body) == document
+
+
+def _with_raw(field: str, literal: str) -> bytes:
+    """A valid payload with `field` set to the raw JSON `literal`."""
+    return json.dumps({**SWEEP_BASES[0], field: "@raw@"}).replace('"@raw@"', literal).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "reason", "words"),
+    [
+        (b'{"v":1,"v":1}', "not_json", "duplicate key"),
+        (b'{"v":1,"flags":[{"a":1,"a":2}]}', "not_json", "duplicate key"),
+        (b'{"v":NaN}', "not_json", "NaN"),
+        (b'{"v":-Infinity}', "not_json", "-Infinity"),
+        (_with_raw("msg_id", '"\\ud800"'), "schema", "msg_id: must be valid Unicode"),
+        (_with_raw("x", "[" * 300 + "]" * 300), "schema", "x: unknown field"),
+    ],
+    ids=["duplicate", "nested duplicate", "NaN", "-Infinity", "lone surrogate", "nested 300 deep"],
+)
+def test_what_jiter_refuses_the_standard_decoder_words(body: bytes, reason: str, words: str) -> None:
+    """jiter refuses these; the standard decoder then decides, as before: its verdict and its words."""
+    assert wire._fast_json(body) is None
+    result = parse("rpm/devices/bp-000123/readings", body, now=NOW)
+    assert isinstance(result, Rejection) and result.reason == reason and words in result.detail, result
