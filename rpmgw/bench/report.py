@@ -38,7 +38,9 @@ def render_table(results: Mapping[str, object]) -> str:
             _row(
                 f"backlog drain, {label}",
                 f"{drain['readings_per_s']:,} readings/s",
-                f"{drain['messages']:,} msgs in {drain['drain_s']} s; CPU {drain['cpu_percent']} % per process; "
+                f"{drain['messages']:,} msgs in {drain['drain_s']} s"
+                f" ({drain.get('batches', '?')} batches, mean {drain.get('mean_batch', '?')});"
+                f" CPU {drain['cpu_percent']} % per process; "
                 f"peak RSS {drain['peak_rss_mib']} MiB; lost {drain['lost']}, doubled {drain['doubled']}, "
                 f"quarantined {drain['quarantined']}, alerts {drain.get('alerts', '?')}, "
                 f"doubled {drain['alerts_doubled']}",

@@ -94,6 +94,8 @@ def backlog_drain(env: BenchEnv, workload: Workload, options: DrainOptions) -> F
     cpu = sum(proc_cpu_seconds(p.pid) - before for p, before in zip(gateways, cpu_before, strict=True))
     peak_rss = max(proc_peak_rss_mib(p.pid) for p in gateways)
     stored_metric = stored()
+    scraped = [p.metrics() for p in gateways]
+    batches = sum(m.get("rpmgw_batch_size_count", 0.0) for m in scraped)
     for process in gateways:
         process.stop()
     elapsed = done - ready
@@ -108,6 +110,10 @@ def backlog_drain(env: BenchEnv, workload: Workload, options: DrainOptions) -> F
         "cpu_percent": round(100 * cpu / elapsed / options.processes, 1),
         "peak_rss_mib": round(peak_rss, 1),
         "stored_metric": int(stored_metric),
+        # Each batch costs a few database round trips whatever its size: how many there were says how
+        # much of the drain went to them.
+        "batches": int(batches),
+        "mean_batch": round(len(workload.messages) / batches) if batches else 0,
         **integrity(env, database, expected=workload.valid, quarantined_before=quarantined_before),
     }
     env.reset_alerts()  # the next part starts with none

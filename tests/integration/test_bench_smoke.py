@@ -74,6 +74,8 @@ def test_bench_runs_a_tiny_configuration_and_writes_the_json(tmp_path: Path) -> 
         assert drain["quarantined"] == 20
         for field in ("readings_per_s", "cpu_percent", "peak_rss_mib", "drain_s"):
             assert drain[field] > 0, field
+        # From the gateways' batch-size histograms: each gateway took at least one batch.
+        assert processes <= drain["batches"] <= 2000 and drain["mean_batch"] >= 1
     assert set(results["ratios"]) >= {
         "drain_1_vs_bare_subscriber",
         "drain_1_vs_bare_gateway_client",
@@ -148,6 +150,8 @@ def test_bench_alert_latency_times_probes_under_a_small_load_with_two_gateways(t
         if latency[timed]["n"]:
             assert 0 < latency[timed]["p50_ms"] <= latency[timed]["p95_ms"] <= latency[timed]["p99_ms"]
     assert len(latency["gateway_cpu_percent"]) == 2 and all(c > 0 for c in latency["gateway_cpu_percent"])
-    assert isinstance(latency["decided_ahead"], int) and latency["decided_ahead"] >= 0  # scraped from /metrics
+    assert (
+        isinstance(latency["decided_ahead"], int) and latency["decided_ahead"] >= 0
+    )  # scraped from /metrics
     assert "| alert latency to alert row |" in stdout
     assert "decided while queued behind the batch in hand" in stdout
