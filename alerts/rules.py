@@ -131,7 +131,19 @@ class Series:
         self.discard(reading.msg_id)
         if reading.type != self.type or reading.suspect:
             return
-        self._insert(bisect_right(self._keys, (reading.measured_at, reading.msg_id)), reading)
+        measured_at, times = reading.measured_at, self.times
+        at = bisect_right(times, measured_at)
+        if at and times[at - 1] == measured_at:  # readings measured at the same time: by msg_id
+            at = bisect_right(self._keys, (measured_at, reading.msg_id), bisect_left(times, measured_at), at)
+        self._insert(at, reading)
+
+    def _index(self, reading: ReadingView) -> int:
+        """The position of a held reading: its key found by its time (comparing datetimes, not the keys'
+        tuples, which cost three times as much: profiled), by msg_id among readings of the same time."""
+        at = bisect_left(self.times, reading.measured_at)
+        if self._keys[at][1] == reading.msg_id:
+            return at
+        return bisect_left(self._keys, (reading.measured_at, reading.msg_id), at)
 
     def discard(self, msg_id: str) -> None:
         """Remove `msg_id`'s reading, if held."""
@@ -139,7 +151,7 @@ class Series:
         if old is None:
             return
         key = (old.measured_at, old.msg_id)
-        at = bisect_left(self._keys, key)
+        at = self._index(old)
         for column in (self._keys, self.readings, self.times, self.systolic, self.diastolic):
             del column[at]
         self._invalidate_sums(at)
@@ -223,7 +235,7 @@ class Series:
         own = None
         copy = self._by_id.get(reading.msg_id)
         if copy is not None:
-            at = bisect_left(self._keys, (copy.measured_at, copy.msg_id))
+            at = self._index(copy)
             if at < end:
                 own = at
             else:

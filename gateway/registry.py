@@ -161,9 +161,10 @@ def _resolve(intervals: tuple[Interval, ...], at: int) -> str | None:
 
 
 def _micros(value: datetime) -> int:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"measured_at {value.isoformat()} has no time zone")
-    return (value - _EPOCH) // _MICROSECOND
+    try:  # a naive datetime cannot be subtracted from an aware one (asking first cost a third more)
+        return (value - _EPOCH) // _MICROSECOND
+    except TypeError:
+        raise ValueError(f"measured_at {value.isoformat()} has no time zone") from None
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
