@@ -55,7 +55,7 @@ _LO_KEY = 0.0  # minus mmol/L of a value at zero: worse than any reading a meter
 _HI_KEY = 1000.0  # beyond any glucometer's numeric range
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per rule run for a reading, and cheaper so
 class _Finding:
     """A family's verdict on the current reading, before the reading's quality is taken into account."""
 
