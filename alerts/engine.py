@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from alerts.history import BatchHistory, RecentReadings
 from alerts.lifecycle import ApplyResult, apply
-from alerts.model import Decision, ReadingView
+from alerts.model import Decision, DecisionKind, ReadingView, Severity
 from alerts.rules import Series, critical_by_value, evaluate_series
 from alerts.threshold_store import ThresholdCache
 from alerts.thresholds import Thresholds
@@ -67,6 +67,17 @@ class EngineResult:
     applied: ApplyResult
 
 
+def _without_history(decision: Decision) -> bool:
+    """Whether a decision stands when the history was incomplete (the store could not be read): a
+    critical rule's breach or re-measure advice, which the reading's value decides alone.
+
+    Not a window rule's (2 of 3 high, the weekly mean, repeated hypoglycaemia: a missing reading changes
+    them either way) and no CLEAR (a newer reading the gateway cannot see would forbid it). A severe
+    reading's confirmation by a repeat the cache does not hold is missed: the alert says pending.
+    """
+    return decision.kind is not DecisionKind.CLEAR and decision.severity is Severity.CRITICAL
+
+
 class AlertEngine:
     """Evaluates the rules for a batch of stored readings and applies the decisions."""
 
@@ -108,15 +119,18 @@ class AlertEngine:
             and self._clock() - reading.measured_at <= self._late_after
         )
 
-    def stage(self, batch: Sequence[StoredReading]) -> StagedBatch:
+    def stage(self, batch: Sequence[StoredReading], *, without_store: bool = False) -> StagedBatch:
         """The batch patients' history, with the batch's readings joined to it (the history cache).
 
         Reads the store for patients not cached: call it before the batch's write starts, never while
         it runs (InfluxDB 1.x lets a query see a point half-written: some fields and not others). If
         the store then refuses some readings, call `forget` and stage what was stored again.
+
+        `without_store` (the store cannot be read): staged from what the cache holds and the batch;
+        `prepare` then decides only what the readings' values decide alone (see there).
         """
         now = self._clock()
-        return StagedBatch(batch, now, self._history.for_batch(batch, now))
+        return StagedBatch(batch, now, self._history.for_batch(batch, now, without_store=without_store))
 
     def prepare(self, staged: StagedBatch, between: Callable[[], object] | None = None) -> PreparedBatch:
         """The rules' decisions for a staged batch, nothing written (no store access either): the
@@ -136,6 +150,8 @@ class AlertEngine:
         except DBAPIError as exc:
             raise AlertStoreUnavailable(f"could not read thresholds: {str(exc.orig)[:300]}") from exc
         decisions = self._decide(by_patient, staged.history.series, thresholds, staged.now, between)
+        if not staged.history.complete:
+            decisions = [d for d in decisions if _without_history(d)]
         return PreparedBatch(
             staged.batch,
             staged.now,

@@ -53,6 +53,9 @@ class BatchHistory:
 
     series: dict[str, dict[str, Series]]  # patient -> type -> series (batch readings included)
     views: list[ReadingView]  # one per batch reading, in batch order
+    # False when the store could not be read (`for_batch(..., without_store=True)`): some patients'
+    # series then hold only what the cache and the batch had.
+    complete: bool = True
 
 
 class RecentReadings:
@@ -79,11 +82,17 @@ class RecentReadings:
     def __len__(self) -> int:
         return len(self._cache)
 
-    def for_batch(self, batch: Sequence[StoredReading], now: datetime) -> BatchHistory:
+    def for_batch(
+        self, batch: Sequence[StoredReading], now: datetime, *, without_store: bool = False
+    ) -> BatchHistory:
         """Each batch patient's readings since `now - days` plus the batch's own, as series per type.
 
         The series may also hold older readings (up to a day and an hour more): the rules' windows,
         measured back from a batch reading, never reach them.
+
+        `without_store`: the store cannot be read (it is down). Nothing is loaded: a patient cached
+        (however long ago) gets the cached readings, one not cached gets only the batch's, in an entry
+        that is not kept; the history is marked incomplete (`BatchHistory.complete`).
         """
         # A late (buffered) reading needs the window before its own measured_at.
         since = min([now, *(s.reading.measured_at for s in batch)]) - self._window
@@ -91,8 +100,11 @@ class RecentReadings:
         # further into the past, and without it nearly every batch reloaded every patient (profiled).
         keep_since = since - RELOAD_MARGIN
         patients = list(dict.fromkeys(s.patient_id for s in batch))
-        self._load(self._stale(patients, since), keep_since)
-        entries = {patient: self._entry(patient) for patient in patients}
+        if without_store:
+            entries = {patient: self._entry_or_bare(patient, keep_since) for patient in patients}
+        else:
+            self._load(self._stale(patients, since), keep_since)
+            entries = {patient: self._entry(patient) for patient in patients}
         views = []
         for stored in batch:
             view = ReadingView.from_stored(stored)
@@ -101,7 +113,8 @@ class RecentReadings:
         for entry in entries.values():
             self._prune(entry, keep_since)
         self._evict()
-        return BatchHistory({patient: entry.series for patient, entry in entries.items()}, views)
+        series = {patient: entry.series for patient, entry in entries.items()}
+        return BatchHistory(series, views, complete=not without_store)
 
     def forget(self, patients: Iterable[str]) -> None:
         """Drop these patients' entries: their next batch reloads them from the store."""
@@ -128,6 +141,15 @@ class RecentReadings:
                 entry.put(ReadingView.from_stored(stored))
             self._cache[patient] = entry
             self._cache.move_to_end(patient)
+
+    def _entry_or_bare(self, patient: str, since: datetime) -> _Entry:
+        """The cached entry, or one holding nothing yet that the cache does not keep (`for_batch`
+        without the store): the next batch that can read the store loads the patient in full."""
+        entry = self._cache.get(patient)
+        if entry is None:
+            return _Entry(self._clock(), since, since)
+        self._cache.move_to_end(patient)
+        return entry
 
     def _entry(self, patient: str) -> _Entry:
         # Every batch patient was (re)loaded or found fresh by `_load` just before.

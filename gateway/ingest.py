@@ -26,7 +26,13 @@ whether or not InfluxDB then takes the point. The reading itself is not lost eit
 message is acknowledged only once it is stored or, refused by the store for good (a field type
 conflict, a series limit), kept in quarantine; until then the broker redelivers it and re-deciding it
 changes nothing. The alert holds the values it was raised for (`Alert.worst_value_text`, its events'
-msg_id), so it reads the same whether or not the chart could store the point.
+msg_id), so it reads the same whether or not the chart could store the point. Nor does it wait for
+InfluxDB to answer queries: when its patients' history cannot be read (InfluxDB down, and the patient
+not in the history cache, as after a restart during the outage), the critical part is decided from
+what the cache and the batch hold, and only what the readings' values decide alone is applied (a
+critical rule's breach; `AlertEngine.prepare`). The rest is decided once the part is stored and the
+history can be read: until then the batch fails and is tried again, and between its attempts the queue
+is looked at for critical readings as during a batch (`look_between_attempts`).
 
 Nor does a critical reading wait in the gateway's queue for the batch before it (`watch_queue`).
 Messages are parsed as they arrive (`triage`), and every 10 ms of each batch (between its patients'
@@ -49,7 +55,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from gateway import metrics
-from gateway.errors import StorageRejected
+from gateway.errors import StorageError, StorageRejected
 from gateway.mqtt import InboundMessage
 from gateway.quarantine import Quarantine, QuarantineEntry
 from gateway.ratelimit import DeviceRateLimiter
@@ -89,8 +95,10 @@ Prepared = TypeVar("Prepared")
 class RulesStep(Protocol[Staged, Prepared]):
     """What the pipeline needs of the rule engine (alerts.engine.AlertEngine)."""
 
-    def stage(self, batch: Sequence[StoredReading]) -> Staged:
-        """Read what deciding needs from the store; before the batch's write, never alongside it."""
+    def stage(self, batch: Sequence[StoredReading], *, without_store: bool = False) -> Staged:
+        """Read what deciding needs from the store; before the batch's write, never alongside it.
+        `without_store`: the store cannot be read; stage from what is at hand (then only the decisions
+        a reading's value makes alone are prepared)."""
 
     def prepare(self, staged: Staged, between: Callable[[], object] | None = None) -> Prepared:
         """Decide (nothing written, the store not read); may run while the batch is being stored.
@@ -157,6 +165,9 @@ class IngestPipeline:
         self._decided_ahead: set[str] = set()  # msg_ids decided while queued, until their batch comes
         self._batch_in_hand: list[tuple[InboundMessage, StoredReading]] = []
         self._in_hand: set[str] | None = None  # its patients, once a look finds a critical reading
+        # After a failed `process`: what the batch to be tried again holds (its decisions may not all be
+        # committed), or None when it failed before its patients were known (`look_between_attempts`).
+        self._to_retry: list[tuple[InboundMessage, StoredReading]] | None = []
 
     def watch_queue(self, queued: Queued) -> None:
         """Let critical readings waiting in the gateway's queue be decided before their batch.
@@ -178,6 +189,23 @@ class IngestPipeline:
         """
         self._queued = queued
 
+    def look_between_attempts(self) -> None:
+        """While a batch that failed waits to be tried again (InfluxDB or the database down), decide the
+        critical readings queued behind it, as `watch_queue` does while a batch is processed: a 200/125
+        that arrives during an InfluxDB outage is alerted now, from its value (its history cannot be
+        read: `AlertEngine.prepare`), not when InfluxDB is back. Not the readings of the failed batch's
+        own patients (its decisions may not all be committed), and none when it failed before its
+        patients were known. At most every `LOOK_EVERY`; a failure is logged and leaves them to their
+        batch.
+        """
+        if self._to_retry is None:
+            return
+        self._batch_in_hand, self._in_hand = self._to_retry, None
+        try:
+            self._look_if_due()
+        finally:
+            self._batch_in_hand, self._in_hand = [], None
+
     def triage(self, messages: list[InboundMessage]) -> list[InboundMessage]:
         """The messages, each with its payload parsed (`InboundMessage.parsed`, set in place), as they arrive.
 
@@ -193,6 +221,7 @@ class IngestPipeline:
     def process(self, batch: Sequence[InboundMessage]) -> BatchResult:
         """Store what is valid and enrolled, quarantine the rest; raises if either cannot be written."""
         result = BatchResult()
+        self._to_retry = None
         decoded = self._decode(batch, result)
         if self._decided_ahead:  # their batch has come: if looked at again, they are decided again
             self._decided_ahead.difference_update(item.reading.msg_id for item in decoded)
@@ -209,8 +238,12 @@ class IngestPipeline:
                         # Rule evaluation: before the ack, so a crash re-evaluates rather than forgets.
                         self._rules.commit(prepared)
                 self._look_if_due()  # what arrived while the batch was committed need not wait for the next
+        except BaseException:
+            self._to_retry = resolved
+            raise
         finally:
             self._batch_in_hand, self._in_hand = [], None  # held only while in hand
+        self._to_retry = []  # stored and decided: nothing of it is left for a look to wait for
         if result.quarantined:
             self._quarantine.add_many(result.quarantined)
         if self._recheck_after is not None:
@@ -360,7 +393,7 @@ class IngestPipeline:
         running).
         """
         readings = [stored for _, stored in resolved]
-        staged = rules.stage(readings)
+        staged, complete = self._stage(rules, readings, critical=commit_early)
         pending = self._writer.submit(self._store.write, readings)
         try:
             # A critical part's own decisions come first; the rest's are made with looks in the queue.
@@ -379,9 +412,32 @@ class IngestPipeline:
             already = len(result.stored)  # an earlier part's readings, decided and committed already
             self._write_one_by_one(resolved, result)
             stored = result.stored[already:]
+            if stored and not complete:
+                rules.commit(rules.prepare(rules.stage(stored)))  # see below
             return rules.prepare(rules.stage(stored)) if stored and not commit_early else None
         result.stored.extend(readings)
+        if not complete:
+            # Decided without the history (only what the values decide alone), and now stored: decided
+            # in full with it, or, while it still cannot be read, the batch fails and is tried again.
+            rules.commit(rules.prepare(rules.stage(readings)))
         return None if commit_early else prepared
+
+    def _stage(
+        self, rules: RulesStep[Staged, Any], readings: list[StoredReading], *, critical: bool
+    ) -> tuple[Staged, bool]:
+        """`rules.stage(readings)` and True; for a critical part whose history cannot be read from the
+        store (it is down), staged without it, and False: the critical readings are alerted now, not
+        once the store is back. What else there is to decide of them is decided once they are stored
+        and their history can be read (`_write_while_preparing`); until then the batch fails and is
+        tried again."""
+        try:
+            return rules.stage(readings), True
+        except StorageError as exc:
+            if not critical:
+                raise
+            log.warning("could not read the history (%s); deciding the critical readings without it", exc)
+            metrics.CRITICAL_WITHOUT_HISTORY.inc()
+            return rules.stage(readings, without_store=True), False
 
     def _await_write(self, pending: Future[None]) -> None:
         """Wait for the write, looking in the queue for critical readings meanwhile."""
@@ -443,7 +499,7 @@ class IngestPipeline:
         ]
         if not ahead:
             return
-        rules.commit(rules.prepare(rules.stage(ahead)))
+        rules.commit(rules.prepare(self._stage(rules, ahead, critical=True)[0]))
         if len(self._decided_ahead) + len(ahead) > MAX_DECIDED_AHEAD:
             self._decided_ahead.clear()
         self._decided_ahead.update(stored.reading.msg_id for stored in ahead)

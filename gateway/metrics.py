@@ -46,6 +46,11 @@ READINGS_DECIDED_AHEAD = Counter(
     "rpmgw_readings_decided_ahead",
     "Critical readings decided while still queued, before the batch in hand was done",
 )
+CRITICAL_WITHOUT_HISTORY = Counter(
+    "rpmgw_critical_decided_without_history",
+    "Critical parts of batches decided without their patients' history, the store being unreadable "
+    "(only what the readings' values decide alone is applied)",
+)
 READINGS_RECHECKED = Counter(
     "rpmgw_readings_rechecked",
     "Readings decided again with their patient's history reloaded (members of a shared subscription)",

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 # Errors after which the same batch is tried again later; anything else is a bug and stops the process.
 RETRYABLE = (StorageError, QuarantineUnavailable, RegistryUnavailable, AlertStoreUnavailable)
+# While a failed batch waits for its next attempt (up to `retry_max_delay`), the queue is looked at for
+# critical readings this often (IngestPipeline.look_between_attempts).
+RETRY_LOOK_EVERY = 0.25
 
 
 @dataclass(slots=True)
@@ -203,7 +206,7 @@ class Gateway:
                     exc,
                     delay,
                 )
-                if self._stopping.wait(delay):
+                if self._wait_to_retry(delay):
                     log.warning(
                         "stopping with %d readings unacknowledged: the broker will redeliver them", len(batch)
                     )
@@ -228,6 +231,18 @@ class Gateway:
         self.stats.quarantined += len(result.quarantined)
         self.stats.batches += 1
         return True
+
+    def _wait_to_retry(self, delay: float) -> bool:
+        """Wait `delay` seconds before a batch's next attempt, the pipeline looking in the queue for
+        critical readings every `RETRY_LOOK_EVERY` meanwhile; True when asked to stop."""
+        deadline = time.monotonic() + delay
+        while True:
+            self._pipeline.look_between_attempts()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._stopping.wait(min(left, RETRY_LOOK_EVERY)):
+                return True
 
     def _recheck(self, *, force: bool) -> int:
         """The pipeline's second look at what it stored (shared subscriptions only), one chunk; how many

@@ -39,10 +39,18 @@ DOCTOR_PHONE = "+79990009001"
 # (key, fault, what is promised): the order of the report.
 CATALOGUE: tuple[tuple[str, str, str], ...] = (
     ("gateway_sigkill", "Gateway SIGKILLed under QoS 1 load, restarted", "nothing lost or doubled"),
-    ("influx_down", "InfluxDB down while readings keep coming", "nothing lost; memory bounded"),
+    (
+        "influx_down",
+        "InfluxDB down while readings keep coming",
+        "nothing lost; memory bounded; a critical reading alerted meanwhile",
+    ),
     ("broker_restart", "Broker restarted (SIGTERM) under load", "nothing lost or doubled"),
     ("broker_sigkill", "Broker SIGKILLed, restarted", "measured: see residual risk"),
-    ("fleet_reconnect", "Broker restarted under 1,000 connected devices", "reconnect spread by jitter; nothing lost"),
+    (
+        "fleet_reconnect",
+        "Broker restarted under 1,000 connected devices",
+        "reconnect spread by jitter; nothing lost",
+    ),
     ("db_down", "PostgreSQL unreachable (TCP cut) under load", "alerts deferred, not skipped"),
     ("sms_failures", "SMS provider: timeout, 429, 500, invalid number", "no SMS twice; failure visible"),
     ("gateway_sigterm", "Gateway SIGTERM under load, restarted", "batch flushed; nothing lost"),
@@ -137,7 +145,13 @@ REPORT_TAIL = """
 - **InfluxDB down.** The gateway keeps retrying the batch in hand with backoff and acknowledges
   nothing; the broker keeps the rest (the gateway's Receive Maximum bounds what it holds in memory).
   `/readyz` answers 503 (its InfluxDB check fails) and `Gateway.stats.degraded_reason` holds the
-  last error. When InfluxDB returns the backlog drains. There is no on-disk spool in the gateway: the broker's persistent session is the buffer.
+  last error. When InfluxDB returns the backlog drains. A critical reading (severe blood pressure,
+  level 2 hypoglycaemia, severe hyperglycaemia) is alerted during the outage all the same: its alert
+  is committed while its write fails, and if its patient's history cannot be read either (a gateway
+  restarted during the outage has none cached) it is decided from its value, applying only the
+  critical rule's breach (metric `rpmgw_critical_decided_without_history`); one queued behind the
+  failed batch is looked at between its attempts. The rest of its decisions wait for InfluxDB with
+  the batch. There is no on-disk spool in the gateway: the broker's persistent session is the buffer.
 - **Relational database down.** Readings of devices whose enrolment is cached keep being written to
   InfluxDB (idempotently) on every retry, but the batch is not acknowledged until the registry,
   the alert engine and the quarantine could write: alert evaluation is deferred and caught up,

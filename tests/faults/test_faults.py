@@ -106,7 +106,10 @@ def test_influxdb_down_while_readings_keep_coming(
     env.influx = own
     devices = env.enrol_patients(10, "influx")
     payloads = load(devices, 500, systolic=130)
-    published = {str(p["msg_id"]) for p in payloads}
+    # And a 200/125 of a patient the gateway has never seen (no history cached), sent during the outage.
+    [severe_device] = env.enrol_patients(1, "influx-severe")
+    severe = bp_payload(severe_device, minutes_ago=0.1, systolic=200, diastolic=125)
+    published = {str(p["msg_id"]) for p in [*payloads, severe]}
     health_port = free_port()
     gateway = env.start("gateway", "gateway", RPMGW_GATEWAY__HEALTH_PORT=str(health_port))
     readyz = f"http://127.0.0.1:{health_port}/readyz"
@@ -117,12 +120,21 @@ def test_influxdb_down_while_readings_keep_coming(
         own.stop()
         outage_started = time.monotonic()
         publisher = publish_in_background(env, payloads)
+        env.publish([severe])
+        severe_sent = time.monotonic()
         peak_rss = baseline_rss
+        severe_alerted: float | None = None
         while time.monotonic() - outage_started < INFLUX_OUTAGE_SECONDS:
             assert gateway.alive, f"the gateway died while InfluxDB was down:\n{gateway.log()[-3000:]}"
             peak_rss = max(peak_rss, rss_kib(gateway.process.pid))
+            if severe_alerted is None and env.alerts_by_patient("bp_high")["P-influx-severe-000"]:
+                severe_alerted = time.monotonic() - severe_sent
             time.sleep(0.5)  # sampling cadence of the memory measurement, not a wait for a condition
         publisher.join(120)
+        # Alerted from its value while InfluxDB was down (neither written nor readable), not after.
+        assert severe_alerted is not None, (
+            f"no alert for the 200/125 during the outage:\n{gateway.log()[-3000:]}"
+        )
         assert "not stored" in gateway.log(), "the gateway should report the failed writes"
         not_ready = requests.get(readyz, timeout=5)
         assert not_ready.status_code == 503, "the gateway must report itself not ready while InfluxDB is down"
@@ -143,7 +155,8 @@ def test_influxdb_down_while_readings_keep_coming(
                 None,
                 recovery,
                 f"gateway RSS {baseline_rss // 1024} MiB before, peak {peak_rss // 1024} MiB; stayed up; "
-                f"/readyz {not_ready.status_code} during the outage",
+                f"/readyz {not_ready.status_code} during the outage; a 200/125 sent during it alerted "
+                f"within {severe_alerted:.1f} s (checked every 0.5 s)",
             )
         )
         assert (lost, doubled) == (0, 0)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from alerts import engine as engine_module
@@ -85,8 +86,11 @@ class WatchedHistoryStore(InfluxV1Store):
         self._writes = writes
         self.reads_during_writes = 0
         self.reads = 0
+        self.down = False  # InfluxDB unreachable for reads too
 
     def recent(self, patient_ids: Sequence[str], since: datetime) -> dict[str, list[StoredReading]]:
+        if self.down:
+            raise StorageUnavailable("injected: InfluxDB unreachable (history)")
         self.reads += 1
         if self._writes.writing.is_set():
             self.reads_during_writes += 1
@@ -143,6 +147,11 @@ def _severe_alerts(db: MigratedDb) -> list[Alert]:
         return list(
             session.scalars(select(Alert).where(Alert.patient_id == PATIENT, Alert.rule == "severe_bp"))
         )
+
+
+def _alerts_of_family(db: MigratedDb, family: str) -> list[Alert]:
+    with db.sessions() as session:
+        return list(session.scalars(select(Alert).where(Alert.patient_id == PATIENT, Alert.family == family)))
 
 
 def _high_alerts(db: MigratedDb) -> list[Alert]:
@@ -225,6 +234,99 @@ def test_a_critical_reading_is_alerted_while_the_store_is_down_and_stored_once_i
     assert [s.reading.msg_id for s in again.stored] == ["severe-1"]
     [same] = _severe_alerts(db)
     assert (same.id, same.reading_count) == (alert.id, 1)
+
+
+def test_a_critical_reading_is_alerted_when_the_store_can_be_neither_written_nor_read(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
+) -> None:
+    """InfluxDB down altogether and the patient's history not cached (a gateway started during the
+    outage): the severe reading is alerted from its value now, not once InfluxDB is back."""
+    pipeline, flaky, db = deployment
+    assert flaky.history is not None
+    flaky.down = flaky.history.down = True
+    batch = [_message("severe-cold", 0, 200, 125)]
+    counted = REGISTRY.get_sample_value("rpmgw_critical_decided_without_history_total") or 0.0
+    with pytest.raises(StorageUnavailable):
+        pipeline.process(batch)  # nothing acknowledged: the broker keeps the message
+    assert REGISTRY.get_sample_value("rpmgw_critical_decided_without_history_total") == counted + 1
+    [alert] = _severe_alerts(db)
+    assert (alert.confirmation, alert.reading_count) == ("pending", 1)
+    flaky.down = flaky.history.down = False
+    reads = flaky.history.reads
+    again = pipeline.process(batch)  # the gateway's retry, InfluxDB back
+    assert [s.reading.msg_id for s in again.stored] == ["severe-cold"]
+    assert flaky.history.reads > reads  # the history staged without the store was not kept
+    [same] = _severe_alerts(db)
+    assert (same.id, same.reading_count) == (alert.id, 1)
+
+
+def test_without_the_history_only_the_critical_decisions_are_applied_the_rest_once_it_is_back(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
+) -> None:
+    """A low reading after the severe one (urgent, decided by its value too) waits for the store: what
+    the gateway decides without the history is only a critical rule's breach (DOMAIN.md severities)."""
+    pipeline, flaky, db = deployment
+    assert flaky.history is not None
+    flaky.down = flaky.history.down = True
+    batch = [_message("severe-then", 0, 200, 125), _message("low-after", 5, 85, 55)]
+    with pytest.raises(StorageUnavailable):
+        pipeline.process(batch)
+    assert len(_severe_alerts(db)) == 1
+    assert _alerts_of_family(db, "low_bp") == []
+    flaky.down = flaky.history.down = False
+    pipeline.process(batch)
+    assert len(_severe_alerts(db)) == 1
+    [low] = _alerts_of_family(db, "low_bp")
+    assert (low.rule, low.reading_count, low.cleared_at) == ("low_bp", 1, None)
+
+
+def test_a_critical_part_stored_while_its_history_cannot_be_read_is_decided_in_full_once_it_can(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
+) -> None:
+    """InfluxDB takes writes but answers no query: the severe reading is alerted and the part stored, and
+    the batch still fails until the history can be read, so that the low reading after it is decided."""
+    pipeline, flaky, db = deployment
+    assert flaky.history is not None
+    flaky.history.down = True
+    batch = [_message("severe-w", 0, 200, 125), _message("low-w", 5, 85, 55)]
+    with pytest.raises(StorageUnavailable):
+        pipeline.process(batch)
+    assert len(_severe_alerts(db)) == 1 and _alerts_of_family(db, "low_bp") == []
+    stored = flaky.store.readings(PATIENT, T0 - timedelta(hours=1), T0 + timedelta(hours=1))
+    assert sorted(_ids(stored)) == ["low-w", "severe-w"]
+    flaky.history.down = False
+    assert sorted(_ids(pipeline.process(batch).stored)) == ["low-w", "severe-w"]
+    [low] = _alerts_of_family(db, "low_bp")
+    assert (low.reading_count, low.cleared_at) == (1, None)
+    assert len(_severe_alerts(db)) == 1
+
+
+def test_a_critical_reading_queued_behind_a_batch_that_waits_for_influxdb_is_alerted_meanwhile(
+    deployment: tuple[IngestPipeline, FlakyStore, MigratedDb],
+) -> None:
+    """InfluxDB down: the batch in hand fails and waits for its next attempt (the gateway retries it with
+    backoff); a 205/125 of another patient queued behind it is alerted between the attempts, from its
+    value. One of the failed batch's own patient waits for that batch."""
+    pipeline, flaky, db = deployment
+    assert flaky.history is not None
+    queue: list[InboundMessage] = []
+    pipeline.watch_queue(lambda start: (start, queue[start:]))
+    flaky.down = flaky.history.down = True
+    batch = [_message("own-normal", 0, 121, 79)]
+    with pytest.raises(StorageUnavailable):
+        pipeline.process(batch)
+    queue += [_message("other-severe", 1, 205, 125, OTHER_DEVICE), _message("own-severe", 2, 206, 124)]
+    pipeline.look_between_attempts()
+    [other] = _alerts_of(db, OTHER_PATIENT)
+    assert (other.rule, other.reading_count, other.confirmation) == ("severe_bp", 1, "pending")
+    assert _severe_alerts(db) == []  # the failed batch's own patient waits for it
+    flaky.down = flaky.history.down = False
+    assert _ids(pipeline.process(batch).stored) == ["own-normal"]
+    later = pipeline.process(queue)
+    assert sorted(_ids(later.stored)) == ["other-severe", "own-severe"]
+    [same] = _alerts_of(db, OTHER_PATIENT)
+    assert (same.id, same.reading_count) == (other.id, 1)
+    assert len(_severe_alerts(db)) == 1
 
 
 def test_a_critical_alert_is_committed_while_its_write_stalls(

@@ -7,6 +7,7 @@ tests/integration/test_gateway_e2e.py): messages are handed to the loop's queue 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -191,10 +192,20 @@ class _Pipeline:
         self.processed: list[list[int]] = []
         self.rechecks: list[tuple[int, bool]] = []  # (batches processed by then, force)
         self.recheck_error: Exception | None = None
+        self.failures = 0  # attempts to fail before processing succeeds
+        self.looks: list[float] = []  # when `look_between_attempts` was called (monotonic)
+        self.attempts: list[float] = []
 
     def process(self, batch: Sequence[InboundMessage]) -> BatchResult:
+        self.attempts.append(time.monotonic())
+        if self.failures:
+            self.failures -= 1
+            raise StorageUnavailable("injected: InfluxDB unreachable")
         self.processed.append([m.mid for m in batch])
         return BatchResult()
+
+    def look_between_attempts(self) -> None:
+        self.looks.append(time.monotonic())
 
     def recheck(self, *, force: bool = False) -> int:
         self.rechecks.append((len(self.processed), force))
@@ -229,6 +240,27 @@ def test_the_loop_rechecks_after_each_batch_and_once_more_when_it_stops() -> Non
     assert not runner.is_alive(), "the loop did not stop"
     assert consumer.acked  # the failed recheck did not stop the batch's acknowledgement
     assert pipeline.rechecks[-2:] == [(1, False), (1, True)]
+
+
+def test_a_batch_waiting_for_its_next_attempt_lets_the_pipeline_look_in_the_queue_meanwhile() -> None:
+    """Between the attempts at a failed batch (0.5 s, then 1 s) the pipeline looks in the queue for
+    critical readings every RETRY_LOOK_EVERY, not only once per attempt."""
+    pipeline = _Pipeline()
+    pipeline.failures = 2
+    gateway, consumer = _gateway(batch_size=10, batch_max_wait=0.01, queue_size=100, pipeline=pipeline)
+    gateway.between_batches = lambda: gateway.stop() if pipeline.processed else None
+    consumer.deliver([_message(n, datetime.now(UTC)) for n in range(1, 4)])
+    runner = threading.Thread(target=gateway.run, daemon=True)
+    runner.start()
+    runner.join(30)
+    assert not runner.is_alive(), "the loop did not stop"
+    assert pipeline.processed == [[1, 2, 3]] and len(pipeline.attempts) == 3
+    first, second, third = pipeline.attempts
+    between_first = [t for t in pipeline.looks if first < t < second]
+    between_second = [t for t in pipeline.looks if second < t < third]
+    # Each wait is longer than RETRY_LOOK_EVERY: a look as it begins and another after the first step at
+    # least, however slow the machine (3 and 5 when it keeps time).
+    assert len(between_first) >= 2 and len(between_second) >= 2, (between_first, between_second)
 
 
 def test_the_loop_calls_between_batches_after_each_batch_is_acknowledged() -> None:
