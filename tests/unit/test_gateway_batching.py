@@ -228,9 +228,8 @@ def test_the_pipeline_may_look_at_what_is_queued_without_taking_it() -> None:
     assert [m.mid for m in gateway._collect()] == [1, 2, 3]
 
 
-def test_the_loop_rechecks_after_each_batch_and_once_more_when_it_stops() -> None:
-    pipeline = _Pipeline()
-    pipeline.recheck_error = StorageUnavailable("injected: InfluxDB unreachable")  # logged, not fatal
+def _run_until_a_batch_is_processed(pipeline: _Pipeline) -> _Consumer:
+    """Three messages through the gateway's loop, stopped once the pipeline has processed a batch."""
     gateway, consumer = _gateway(batch_size=10, batch_max_wait=0.01, queue_size=100, pipeline=pipeline)
     gateway.between_batches = lambda: gateway.stop() if pipeline.processed else None
     consumer.deliver([_message(n, datetime.now(UTC)) for n in range(1, 4)])
@@ -238,6 +237,13 @@ def test_the_loop_rechecks_after_each_batch_and_once_more_when_it_stops() -> Non
     runner.start()
     runner.join(30)
     assert not runner.is_alive(), "the loop did not stop"
+    return consumer
+
+
+def test_the_loop_rechecks_after_each_batch_and_once_more_when_it_stops() -> None:
+    pipeline = _Pipeline()
+    pipeline.recheck_error = StorageUnavailable("injected: InfluxDB unreachable")  # logged, not fatal
+    consumer = _run_until_a_batch_is_processed(pipeline)
     assert consumer.acked  # the failed recheck did not stop the batch's acknowledgement
     assert pipeline.rechecks[-2:] == [(1, False), (1, True)]
 
@@ -247,13 +253,7 @@ def test_a_batch_waiting_for_its_next_attempt_lets_the_pipeline_look_in_the_queu
     critical readings every RETRY_LOOK_EVERY, not only once per attempt."""
     pipeline = _Pipeline()
     pipeline.failures = 2
-    gateway, consumer = _gateway(batch_size=10, batch_max_wait=0.01, queue_size=100, pipeline=pipeline)
-    gateway.between_batches = lambda: gateway.stop() if pipeline.processed else None
-    consumer.deliver([_message(n, datetime.now(UTC)) for n in range(1, 4)])
-    runner = threading.Thread(target=gateway.run, daemon=True)
-    runner.start()
-    runner.join(30)
-    assert not runner.is_alive(), "the loop did not stop"
+    _run_until_a_batch_is_processed(pipeline)
     assert pipeline.processed == [[1, 2, 3]] and len(pipeline.attempts) == 3
     first, second, third = pipeline.attempts
     between_first = [t for t in pipeline.looks if first < t < second]
