@@ -29,7 +29,11 @@ def test_nested_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = load_settings()
-    assert (settings.mqtt.host, settings.mqtt.port, settings.mqtt.client_id) == ("broker.example", 8883, "gw-1")
+    assert (settings.mqtt.host, settings.mqtt.port, settings.mqtt.client_id) == (
+        "broker.example",
+        8883,
+        "gw-1",
+    )
     assert (settings.mqtt.username, settings.mqtt.password) == ("gw", "secret")
     assert settings.influx.url == "http://influx:8086"
     assert (settings.influx.version, settings.influx.database) == ("2", "readings")
