@@ -388,9 +388,9 @@ class IngestPipeline:
         critical part's decisions are committed while the write runs, not after it). A write that
         fails for good for some readings falls back to `_write`'s one-by-one path, and the decisions
         are made again for what was stored (not for a part committed early: its decisions stand, and
-        its refused readings keep their alerts); a write that cannot be made now raises, as does a
-        failed `prepare` or early commit (after the write has finished: an attempt leaves nothing
-        running).
+        its refused readings keep their alerts). A critical part decided without its history (`_stage`)
+        is decided again in full once stored. A write that cannot be made now raises, as does a failed
+        `prepare` or early commit (after the write has finished: an attempt leaves nothing running).
         """
         readings = [stored for _, stored in resolved]
         staged, complete = self._stage(rules, readings, critical=commit_early)
@@ -412,15 +412,21 @@ class IngestPipeline:
             already = len(result.stored)  # an earlier part's readings, decided and committed already
             self._write_one_by_one(resolved, result)
             stored = result.stored[already:]
-            if stored and not complete:
-                rules.commit(rules.prepare(rules.stage(stored)))  # see below
-            return rules.prepare(rules.stage(stored)) if stored and not commit_early else None
-        result.stored.extend(readings)
+            decide_again = not commit_early  # a part committed early keeps its decisions
+        else:
+            result.stored.extend(readings)
+            stored, decide_again = readings, False
         if not complete:
             # Decided without the history (only what the values decide alone), and now stored: decided
             # in full with it, or, while it still cannot be read, the batch fails and is tried again.
-            rules.commit(rules.prepare(rules.stage(readings)))
-        return None if commit_early else prepared
+            decide_again = True
+        if not decide_again:
+            return None if commit_early else prepared
+        again = rules.prepare(rules.stage(stored)) if stored else None
+        if again is None or not commit_early:
+            return again
+        rules.commit(again)
+        return None
 
     def _stage(
         self, rules: RulesStep[Staged, Any], readings: list[StoredReading], *, critical: bool
